@@ -1,0 +1,48 @@
+"""nbgrader configuration of the vitlab course.
+
+The course root is the repository root (this file's parent's parent): instructor notebooks live in
+`solutions/`, the learner copies that `python -m autograder release` writes in `chapters/`.
+`python -m autograder` passes this file to every nbgrader command it runs (`--config`); to run nbgrader
+by hand from the repository root, pass it too:  nbgrader generate_assignment 01_attention
+--config=autograder/nbgrader_config   (no `.py`: nbgrader adds it).
+"""
+import contextlib
+import os
+from pathlib import Path
+
+from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor
+from nbgrader.preprocessors import ClearHiddenTests, GetGrades
+
+from autograder.preprocessors import HideHiddenTestTracebacks
+
+ROOT = Path(__file__).resolve().parent.parent
+# The exchange (nbgrader release_assignment / fetch / submit / collect) in the user's cache directory, not
+# in the repository; on a JupyterHub, point it at the shared exchange instead.
+EXCHANGE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vitlab" / "nbgrader-exchange"
+
+c = get_config()  # noqa: F821 - defined by traitlets when nbgrader loads this file
+
+c.CourseDirectory.course_id = "vitlab"
+c.CourseDirectory.root = str(ROOT)
+c.CourseDirectory.source_directory = "solutions"
+c.CourseDirectory.release_directory = "chapters"
+# The gradebook of the repository itself (gitignored). `python -m autograder grade` grades in a folder of
+# its own, with that folder's gradebook, so grading never writes into the repository.
+c.CourseDirectory.db_url = f"sqlite:///{ROOT / 'gradebook.db'}"
+c.CourseDirectory.ignore = [".ipynb_checkpoints", "__pycache__", "*.pyc", ".DS_Store", "feedback"]
+
+with contextlib.suppress(OSError):  # an unwritable home only matters to the exchange commands
+    EXCHANGE.mkdir(parents=True, exist_ok=True)
+c.Exchange.root = str(EXCHANGE)
+
+# Seconds per cell when autograding; a cell that runs longer is interrupted and fails, the rest still run.
+c.Execute.timeout = 60
+
+# Feedback shows scores and the learner's code, never the hidden tests: neither their code
+# (ClearHiddenTests) nor the traceback of an error they raised, which quotes that code.
+c.GenerateFeedback.preprocessors = [
+    GetGrades,
+    CSSHTMLHeaderPreprocessor,
+    HideHiddenTestTracebacks,
+    ClearHiddenTests,
+]

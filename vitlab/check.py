@@ -1,0 +1,345 @@
+"""Learner checks: compare an exercise with the reference, name the likely mistake, refuse shortcuts.
+
+Every chapter's checks are built from three pieces:
+
+- `check_function(fn, reference, cases, ...)` runs the learner's function and the reference on the same
+  random cases and compares values and gradients;
+- `check_module(make_module, reference, inputs, ...)` loads the reference's weights into the learner's
+  module and compares outputs and parameter gradients;
+- `Mistake(label, hint, impl)` is a known wrong implementation: when the learner's output matches one,
+  the failure message names that mistake instead of printing a bare difference.
+
+A call of anything in `forbidden` (the reference itself, or torch's built-in for the thing taught) while
+the learner's code runs fails the check. Failures raise `CheckFailed`, an AssertionError whose message is
+all that a learner, or nbgrader's feedback, sees.
+"""
+from __future__ import annotations
+
+import sys
+import traceback
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import torch
+from torch import nn
+
+PASS = "\u2714"  # check mark
+FAIL = "\u2718"  # cross
+
+
+class CheckFailed(AssertionError):
+    """A failed check. Jupyter shows only its message (no traceback, so hidden tests stay hidden)."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"{FAIL} {line}" if i == 0 else f"  {line}" for i, line in enumerate(str(self).splitlines())]
+
+
+@dataclass(frozen=True)
+class Mistake:
+    """A known wrong implementation: `impl` has the reference's signature (or, for modules, is a module)."""
+
+    label: str
+    hint: str
+    impl: Callable
+
+
+# ---------------------------------------------------------------------------------------------- guard
+
+
+def _code_of(target: Any) -> Any:
+    """The code object to watch for `target`: a function's, or a Module class's forward."""
+    if isinstance(target, type) and issubclass(target, nn.Module):
+        target = target.forward
+    target = getattr(target, "__func__", target)
+    return getattr(target, "__code__", None)
+
+
+@contextmanager
+def forbid(forbidden: Mapping[Any, str]) -> Iterator[list[str]]:
+    """Record calls of the `forbidden` callables (functions, builtins, Module classes) inside the block.
+
+    Yields the list of readable names called; `sys.setprofile` sees a call however the learner got hold of
+    the callable (an alias, `from ... import ... as ...`, a bound method).
+    """
+    codes = {}
+    builtins = {}
+    for target, label in forbidden.items():
+        code = _code_of(target)
+        if code is not None:
+            codes[code] = label
+        else:
+            builtins[id(target)] = label
+    seen: list[str] = []
+
+    def watch(frame, event, arg):
+        if event == "call":
+            label = codes.get(frame.f_code)
+        elif event == "c_call":
+            label = builtins.get(id(arg))
+        else:
+            return
+        if label is not None and label not in seen:
+            seen.append(label)
+
+    previous = sys.getprofile()
+    sys.setprofile(watch)
+    try:
+        yield seen
+    finally:
+        sys.setprofile(previous)
+
+
+def _refuse(name: str, called: list[str]) -> None:
+    if called:
+        raise CheckFailed(
+            f"{name}: your code calls {' and '.join(called)}, the very thing this exercise asks you to write.\n"
+            "A graded check gives zero for this exercise when it does. Write it from tensor operations."
+        )
+
+
+# ------------------------------------------------------------------------------------------ running
+
+
+def describe(value: Any) -> str:
+    """A short description of an argument: tensors by shape and dtype, the rest by repr."""
+    if isinstance(value, torch.Tensor):
+        dtype = str(value.dtype).replace("torch.", "")
+        return f"{dtype}{tuple(value.shape)}"
+    if isinstance(value, (list, tuple)):
+        return "(" + ", ".join(describe(v) for v in value) + ")"
+    return repr(value)
+
+
+def describe_case(case: Mapping[str, Any]) -> str:
+    return ", ".join(f"{key}={describe(value)}" for key, value in case.items())
+
+
+def _learner_frames(exc: BaseException) -> str:
+    """The traceback lines that point into the learner's own code (not torch, not vitlab)."""
+    skip = (str(Path(torch.__file__).parent), str(Path(__file__).parent))
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(skip)]
+    return "".join(f"    line {f.lineno}: {f.line}\n" for f in frames[-2:] if f.line)
+
+
+def call_learner(name: str, fn: Callable, args: Mapping[str, Any], where: str) -> Any:
+    """Call learner code, turning any exception into a CheckFailed that says where it happened."""
+    try:
+        return fn(**args)
+    except NotImplementedError:
+        raise CheckFailed(f"{name} is not written yet: replace `raise NotImplementedError()` with your code.") from None
+    except CheckFailed:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any learner error becomes a readable failure
+        raise CheckFailed(
+            f"{name} raised {type(exc).__name__}: {exc}\n  on {where}\n{_learner_frames(exc)}".rstrip()
+        ) from None
+
+
+def _clone_case(case: Mapping[str, Any], grad: bool) -> dict[str, Any]:
+    """Fresh leaf copies of the tensors in `case` (floating ones require grad when `grad`)."""
+    out = {}
+    for key, value in case.items():
+        if isinstance(value, torch.Tensor):
+            value = value.detach().clone()
+            if grad and value.is_floating_point():
+                value.requires_grad_(True)
+        out[key] = value
+    return out
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    """The tensors in an output (a tensor, or a tuple/list of them)."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in _tensors(v)]
+    return []
+
+
+def _backward(output: Any, leaves: Sequence[torch.Tensor], seed: int) -> list[torch.Tensor | None]:
+    """Gradients of a fixed random projection of the output with respect to `leaves`."""
+    outs = [t for t in _tensors(output) if t.requires_grad]
+    if not outs or not leaves:
+        return [None] * len(leaves)
+    gen = torch.Generator().manual_seed(seed)
+    total = sum((o * torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o)).sum() for o in outs)
+    grads = torch.autograd.grad(total, list(leaves), allow_unused=True)
+    return list(grads)
+
+
+# ---------------------------------------------------------------------------------------- comparing
+
+
+def _difference(got: Any, expected: Any, atol: float, rtol: float, what: str) -> str | None:
+    """None when `got` matches `expected`, else a sentence saying how it differs."""
+    if isinstance(expected, (tuple, list)):
+        if not isinstance(got, (tuple, list)) or len(got) != len(expected):
+            return f"{what} should be a tuple of {len(expected)} items, got {describe(got)}"
+        for i, (g, e) in enumerate(zip(got, expected)):
+            problem = _difference(g, e, atol, rtol, f"{what}[{i}]")
+            if problem:
+                return problem
+        return None
+    if isinstance(expected, torch.Tensor):
+        if not isinstance(got, torch.Tensor):
+            return f"{what} should be a tensor of shape {tuple(expected.shape)}, got {describe(got)}"
+        if got.shape != expected.shape:
+            return f"{what} has shape {tuple(got.shape)}, expected {tuple(expected.shape)}"
+        if got.dtype != expected.dtype:
+            return f"{what} has dtype {got.dtype}, expected {expected.dtype} (keep the inputs' dtype)"
+        got, expected = got.detach(), expected.detach()
+        if torch.isnan(got).any() and not torch.isnan(expected).any():
+            return f"{what} contains NaN where the reference has none"
+        if not torch.allclose(got, expected, atol=atol, rtol=rtol, equal_nan=True):
+            err = (got - expected).abs().nan_to_num(float("inf"))
+            return f"{what} differs from the reference: largest error {err.max().item():.3g} (tolerance {atol:g})"
+        return None
+    if isinstance(expected, float):
+        if not isinstance(got, (int, float)) or abs(got - expected) > atol + rtol * abs(expected):
+            return f"{what} is {got!r}, expected about {expected:.6g}"
+        return None
+    return None if got == expected else f"{what} is {got!r}, expected {expected!r}"
+
+
+def _matches(got: Any, other: Any, atol: float, rtol: float) -> bool:
+    return _difference(got, other, atol, rtol, "output") is None
+
+
+def _diagnose(name: str, got: Any, mistakes: Sequence[Mistake], run_mistake: Callable[[Mistake], Any],
+              atol: float, rtol: float) -> str | None:
+    """The message of the first known mistake whose output equals the learner's."""
+    for mistake in mistakes:
+        try:
+            wrong = run_mistake(mistake)
+        except Exception:  # noqa: BLE001 - a mistake that cannot run on this case just does not match
+            continue
+        if _matches(got, wrong, atol, rtol):
+            return f"{name}: looks like you {mistake.label}.\n  {mistake.hint}"
+    return None
+
+
+def _passed(name: str, cases: int, what: str) -> None:
+    print(f"{PASS} {name}: matches the reference on {cases} case{'s' * (cases != 1)} ({what}).")
+
+
+# ----------------------------------------------------------------------------------------- checks
+
+
+def check_function(fn: Callable, reference: Callable, cases: Sequence[Mapping[str, Any]], *, name: str,
+                   mistakes: Sequence[Mistake] = (), forbidden: Mapping[Any, str] | None = None,
+                   atol: float = 1e-5, rtol: float = 1e-4, grad: bool = True) -> None:
+    """Compare `fn` with `reference` on every case (keyword arguments), values and input gradients.
+
+    Prints one pass line, or raises CheckFailed naming the first matching `Mistake`, else saying where the
+    outputs differ. Calls of anything in `forbidden` inside `fn` fail the check.
+    """
+    for i, case in enumerate(cases):
+        where = f"case {i + 1}: {describe_case(case)}"
+        args = _clone_case(case, grad)
+        expected = reference(**_clone_case(case, False))
+        with forbid(forbidden or {}) as called:
+            got = call_learner(name, fn, args, where)
+        _refuse(name, called)
+        problem = _difference(got, expected, atol, rtol, "your output")
+        if problem:
+            message = _diagnose(name, got, mistakes, lambda m: m.impl(**_clone_case(case, False)), atol, rtol)
+            raise CheckFailed(message or f"{name}: {problem}\n  on {where}")
+        if not grad:
+            continue
+        keys = [k for k, v in args.items() if isinstance(v, torch.Tensor) and v.requires_grad]
+        ref_args = _clone_case(case, True)
+        ref_grads = _backward(reference(**ref_args), [ref_args[k] for k in keys], seed=i)
+        got_grads = _backward(got, [args[k] for k in keys], seed=i)
+        for key, g, e in zip(keys, got_grads, ref_grads):
+            if e is None:
+                continue
+            if g is None:
+                raise CheckFailed(f"{name}: no gradient reaches `{key}`; the values are right, so something "
+                                  f"cuts the graph (.detach(), .item(), .numpy(), torch.tensor(...) of a result?)\n"
+                                  f"  on {where}")
+            problem = _difference(g, e, atol * 10, rtol * 10, f"the gradient with respect to `{key}`")
+            if problem:
+                raise CheckFailed(f"{name}: the values match but {problem}\n  on {where}")
+    _passed(name, len(cases), "values and gradients" if grad else "values")
+
+
+def load_reference_weights(module: nn.Module, reference: nn.Module, name: str) -> None:
+    """Load the reference's state_dict into the learner's module, explaining any key or shape mismatch."""
+    mine = module.state_dict()
+    theirs = reference.state_dict()
+    missing = [k for k in theirs if k not in mine]
+    unexpected = [k for k in mine if k not in theirs]
+    if missing or unexpected:
+        lines = [f"{name}: its parameters are not named like the reference's, so the reference weights do not load."]
+        if missing:
+            lines.append("  missing: " + ", ".join(f"{k} {tuple(theirs[k].shape)}" for k in missing))
+        if unexpected:
+            lines.append("  unexpected: " + ", ".join(f"{k} {tuple(mine[k].shape)}" for k in unexpected))
+        raise CheckFailed("\n".join(lines))
+    wrong = [f"{k}: yours {tuple(mine[k].shape)}, reference {tuple(v.shape)}" for k, v in theirs.items()
+             if mine[k].shape != v.shape]
+    if wrong:
+        raise CheckFailed(f"{name}: parameters have the wrong shape:\n  " + "\n  ".join(wrong))
+    module.load_state_dict(theirs)
+
+
+def check_module(make_module: Callable[[], nn.Module], reference: nn.Module,
+                 inputs: Sequence[Mapping[str, Any]], *, name: str, mistakes: Sequence[Mistake] = (),
+                 forbidden: Mapping[Any, str] | None = None, atol: float = 1e-5, rtol: float = 1e-4,
+                 grad: bool = True) -> None:
+    """Build the learner's module, load the reference's weights into it, compare outputs and parameter grads.
+
+    `mistakes` hold modules (or callables) that are wrong in a known way; their state is loaded from the
+    reference too when they are modules.
+    """
+    module = call_learner(name, make_module, {}, "construction")
+    if not isinstance(module, nn.Module):
+        raise CheckFailed(f"{name} should build an nn.Module, got {describe(module)}")
+    load_reference_weights(module, reference, name)
+    module.eval()
+    reference.eval()
+    for m in mistakes:
+        if isinstance(m.impl, nn.Module):
+            m.impl.load_state_dict(reference.state_dict())
+            m.impl.eval()
+    for i, case in enumerate(inputs):
+        where = f"input {i + 1}: {describe_case(case)}"
+        module.zero_grad(set_to_none=True)
+        reference.zero_grad(set_to_none=True)
+        with forbid(forbidden or {}) as called:
+            got = call_learner(name, module, _clone_case(case, False), where)
+        _refuse(name, called)
+        expected = reference(**_clone_case(case, False))
+        problem = _difference(got, expected, atol, rtol, "your output")
+        if problem:
+            with torch.no_grad():
+                message = _diagnose(name, got, mistakes, lambda m: m.impl(**_clone_case(case, False)), atol, rtol)
+            raise CheckFailed(message or f"{name}: {problem}\n  on {where}")
+        if not grad:
+            continue
+        names = [k for k, p in reference.named_parameters() if p.requires_grad]
+        mine = dict(module.named_parameters())
+        ref_grads = _backward(expected, [dict(reference.named_parameters())[k] for k in names], seed=i)
+        got_grads = _backward(got, [mine[k] for k in names], seed=i)
+        for key, g, e in zip(names, got_grads, ref_grads):
+            if e is None:
+                continue
+            if g is None:
+                raise CheckFailed(f"{name}: no gradient reaches parameter `{key}`; is it used in forward, and "
+                                  f"is the graph cut somewhere (.detach(), .data)?\n  on {where}")
+            problem = _difference(g, e, atol * 10, rtol * 10, f"the gradient of `{key}`")
+            if problem:
+                raise CheckFailed(f"{name}: the outputs match but {problem}\n  on {where}")
+    _passed(name, len(inputs), "outputs and gradients with the reference's weights" if grad else
+            "outputs with the reference's weights")
+
+
+def check_value(got: Any, expected: Any, *, name: str, atol: float = 1e-6, rtol: float = 1e-6,
+                hint: str = "") -> None:
+    """Compare a learner's result (a number or tensor) with an independently computed value."""
+    problem = _difference(got, expected, atol, rtol, "your result")
+    if problem:
+        raise CheckFailed(f"{name}: {problem}" + (f"\n  {hint}" if hint else ""))
+    print(f"{PASS} {name}: {describe(got) if isinstance(got, torch.Tensor) else got!r} is right.")
