@@ -73,7 +73,7 @@ def _fused_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causa
         mask = mask | dead
     else:
         dead = ~(mask > float("-inf")).any(dim=-1, keepdim=True)
-        mask = mask.masked_fill(dead, 0.0).to(q.dtype)
+        mask = mask.masked_fill(dead, 0.0).to(q.dtype)  # some torch versions reject a float32 mask with bf16 q
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
     return out.masked_fill(dead, 0.0)
 

@@ -115,6 +115,9 @@ def _sdpa_cases(seed: int, graded: bool) -> list[dict]:
     additive[:, 0] = -2.0
     additive[2:, 4] = float("-inf")
     cases.append(dict(q=_randn(gen, 5, 8), k=_randn(gen, 5, 8), v=_randn(gen, 5, 3), mask=additive))
+    blocked_row = torch.ones(4, 4, dtype=torch.bool)
+    blocked_row[2] = False  # query 2 may see no key at all: its output row must be zeros, not NaN
+    cases.append(dict(q=_randn(gen, 4, 8), k=_randn(gen, 4, 8), v=_randn(gen, 4, 8), mask=blocked_row))
     if graded:
         dead = torch.rand(2, 6, 6, generator=gen) > 0.4
         dead[:, 1] = False  # a query that may see no key at all

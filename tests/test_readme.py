@@ -1,0 +1,30 @@
+"""The README's two commands are the ones that work: CI runs the test command, the open command opens chapters/."""
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def readme_commands() -> list[str]:
+    blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    return [line for block in blocks[:2] for line in block.splitlines() if line and not line.startswith("#")]
+
+
+def test_readme_starts_with_exactly_two_commands():
+    commands = readme_commands()
+    assert len(commands) == 2, commands
+    open_course, run_tests = commands
+    assert "jupyter lab" in open_course and "--notebook-dir=chapters" in open_course and "--allow-root" in open_course
+    assert "pip install" in open_course and "pip install" in run_tests and "pytest" in run_tests
+
+
+def test_ci_runs_the_readme_test_command():
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert readme_commands()[1] in ci.splitlines()
+
+
+def test_requirements_cap_torch_and_install_the_project():
+    lines = [line.strip() for line in (ROOT / "requirements.txt").read_text().splitlines()]
+    assert "torch>=2.4,<=2.13.0" in lines
+    assert "-e ." in lines
+    assert not any(line.startswith("torchvision") for line in lines)
