@@ -5,7 +5,7 @@
 
 Each notebook runs in a fresh kernel started in the notebook's own folder, with VITLAB_PROFILE set in the
 kernel's environment. The executed copies (outputs included) and the kernel's own log go to bench/out/PROFILE/.
-Exit status: 0 when every run finished, 1 when any failed, 2 for an unknown notebook name.
+Exit status: 0 when every run was ok, 1 when any failed, 2 for a name that matches no notebook.
 """
 from __future__ import annotations
 
@@ -21,11 +21,11 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
 import vitlab
+from vitlab.device import PROFILES
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTIONS = ROOT / "solutions"
 OUT = ROOT / "bench" / "out"
-PROFILES = ("grade", "cpu", "gpu")
 
 
 @dataclass
@@ -80,7 +80,8 @@ def error_line(exc: Exception) -> str:
 def run_notebook(path: Path, profile: str, timeout: int) -> Run:
     """Execute one notebook in a fresh kernel and measure it; never raises for a failing notebook."""
     nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                            resources={"metadata": {"path": str(path.parent)}})
     env = {**os.environ, "VITLAB_PROFILE": profile}
     out = OUT / profile / path.name
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -88,7 +89,7 @@ def run_notebook(path: Path, profile: str, timeout: int) -> Run:
     status = "ok"
     started = time.perf_counter()
     try:
-        # the kernel process's own stdout/stderr (start-up warnings, a crash) go to a log beside the executed copy
+        # the kernel process's own output (start-up warnings, why it died) goes to a log beside the executed copy
         with open(out.with_suffix(".log"), "w") as log, client.setup_kernel(env=env, stdout=log, stderr=log):
             ready = time.perf_counter()
             try:
@@ -122,15 +123,17 @@ def table(runs: list[Run], markdown: bool) -> str:
     ]
     if markdown:
         lines = [header, ["---"] * len(header), *rows]
-        return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
+        return "\n".join("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |" for cells in lines)
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows])
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("notebooks", nargs="*", help="chapter names (01_attention) or notebook paths; default: all of solutions/")
-    parser.add_argument("--profile", action="append", choices=PROFILES, help="repeatable; default: vitlab.profile() here (VITLAB_PROFILE, else gpu with CUDA, else cpu)")
+    parser.add_argument("notebooks", nargs="*",
+                        help="chapter names (01_attention) or notebook paths; default: all of solutions/")
+    parser.add_argument("--profile", action="append", choices=PROFILES,
+                        help="repeatable; default: vitlab.profile() (VITLAB_PROFILE, else gpu with CUDA, else cpu)")
     parser.add_argument("--timeout", type=int, default=600, help="seconds allowed per cell (default 600)")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     args = parser.parse_args(argv)
@@ -142,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     for path in paths:
         for profile in profiles:
-            print(f"running {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path} [{profile}] ...", file=sys.stderr, flush=True)
+            shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+            print(f"running {shown} [{profile}] ...", file=sys.stderr, flush=True)
             runs.append(run_notebook(path, profile, args.timeout))
             print(f"  {runs[-1].status}", file=sys.stderr, flush=True)
     print(table(runs, args.markdown))

@@ -94,6 +94,14 @@ def test_forbidden_builtin_is_caught_through_an_alias():
                        forbidden={torch.softmax: "torch.softmax"})
 
 
+def test_forbidden_tensor_method_is_caught_when_called_on_a_tensor():
+    with forbid({torch.Tensor.softmax: "Tensor.softmax"}) as called:
+        torch.zeros(3).exp()
+        assert called == []
+        torch.zeros(3).softmax(-1)
+    assert called == ["Tensor.softmax"]
+
+
 def test_forbidden_python_function_and_module_class_are_caught():
     helper = reference_softmax
     with forbid({reference_softmax: "the reference", nn.Linear: "nn.Linear"}) as called:

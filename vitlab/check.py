@@ -65,10 +65,13 @@ def forbid(forbidden: Mapping[Any, str]) -> Iterator[list[str]]:
     """
     codes = {}
     builtins = {}
+    methods = {}  # C methods such as torch.Tensor.softmax: each call binds a fresh object, so match by name and class
     for target, label in forbidden.items():
         code = _code_of(target)
         if code is not None:
             codes[code] = label
+        elif hasattr(target, "__objclass__"):
+            methods[target.__name__] = (target.__objclass__, label)
         else:
             builtins[id(target)] = label
     seen: list[str] = []
@@ -78,6 +81,9 @@ def forbid(forbidden: Mapping[Any, str]) -> Iterator[list[str]]:
             label = codes.get(frame.f_code)
         elif event == "c_call":
             label = builtins.get(id(arg))
+            owner, method_label = methods.get(getattr(arg, "__name__", None), (None, None))
+            if label is None and owner is not None and isinstance(getattr(arg, "__self__", None), owner):
+                label = method_label
         else:
             return
         if label is not None and label not in seen:
