@@ -2,9 +2,10 @@
 
 The course root is the repository root (this file's parent's parent): instructor notebooks live in
 `solutions/`, the learner copies that `python -m autograder release` writes in `chapters/`.
-`python -m autograder` passes this file to every nbgrader command it runs (`--config`); to run nbgrader
-by hand from the repository root, pass it too:  nbgrader generate_assignment 01_attention
---config=autograder/nbgrader_config   (no `.py`: nbgrader adds it).
+`python -m autograder` passes this file to every nbgrader command it runs; to run nbgrader by hand from
+the repository root, pass it the same way (without `.py`, which nbgrader adds):
+
+    nbgrader generate_assignment 01_attention --NbGrader.config_file=autograder/nbgrader_config
 """
 import contextlib
 import os

@@ -38,6 +38,15 @@ def _label_ticks(ax: Axes, query_labels: Sequence[str] | None, key_labels: Seque
         ax.set_yticks(range(len(query_labels)), query_labels, fontsize=8)
 
 
+def _annotate(ax: Axes, a: np.ndarray, fmt: str) -> None:
+    """Write each value of the 2-D array `a` in its cell, dark on light cells and light on dark ones."""
+    low, high = ax.images[-1].get_clim()
+    middle = (low + high) / 2
+    for i, j in np.ndindex(*a.shape):
+        ax.text(j, i, fmt.format(a[i, j]), ha="center", va="center", fontsize=7,
+                color="black" if a[i, j] > middle else "white")
+
+
 def attention_heatmap(weights, query_labels: Sequence[str] | None = None, key_labels: Sequence[str] | None = None,
                       *, ax: Axes | None = None, title: str | None = None, annotate: bool = False,
                       vmin: float | None = 0.0, vmax: float | None = None, cmap: str = "viridis",
@@ -58,10 +67,7 @@ def attention_heatmap(weights, query_labels: Sequence[str] | None = None, key_la
     if title:
         ax.set_title(title)
     if annotate:
-        middle = (np.nanmax(w) + np.nanmin(w)) / 2
-        for i, j in np.ndindex(*w.shape):
-            ax.text(j, i, f"{w[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                    color="black" if w[i, j] > middle else "white")
+        _annotate(ax, w, "{:.2f}")
     if colorbar:
         fig.colorbar(image, ax=ax, shrink=0.8)
     return fig
@@ -70,11 +76,12 @@ def attention_heatmap(weights, query_labels: Sequence[str] | None = None, key_la
 def heatmap_grid(maps, titles: Sequence[str] | None = None, *, query_labels: Sequence[str] | None = None,
                  key_labels: Sequence[str] | None = None, ncols: int = 4, suptitle: str | None = None,
                  shared_scale: bool = True, vmin: float | None = 0.0, cmap: str = "viridis",
-                 panel_size: float = 2.4) -> Figure:
+                 panel_size: float = 2.4, annotate: str | None = None) -> Figure:
     """Draw several 2-D maps side by side, e.g. the (H, Lq, Lk) attention weights of the heads of one layer.
 
     `maps` is a tensor/array of shape (n, rows, cols) or a list of 2-D maps (shapes may differ when
-    `shared_scale` is False). One image per map; unused grid cells are removed.
+    `shared_scale` is False). One image per map; unused grid cells are removed. `annotate`, a format
+    string such as "{:.0f}", writes each value in its cell.
     """
     arrays = [to_numpy(m) for m in maps]
     if not arrays or any(a.ndim != 2 for a in arrays):
@@ -87,13 +94,17 @@ def heatmap_grid(maps, titles: Sequence[str] | None = None, *, query_labels: Seq
     low = min(float(np.nanmin(a)) for a in arrays) if vmin is None else vmin
     high = max(float(np.nanmax(a)) for a in arrays)
     image = None
+    kept = []
     for i, ax in enumerate(axes.flat):
         if i >= n:
             ax.remove()
             continue
+        kept.append(ax)
         a = arrays[i]
         scale = dict(vmin=low, vmax=high) if shared_scale else dict(vmin=vmin)
         image = ax.imshow(a, cmap=cmap, aspect="auto", interpolation="nearest", **scale)
+        if annotate:
+            _annotate(ax, a, annotate)
         if titles is not None:
             ax.set_title(titles[i], fontsize=9)
         first_col, last_row = i % ncols == 0, i >= n - ncols
@@ -103,7 +114,7 @@ def heatmap_grid(maps, titles: Sequence[str] | None = None, *, query_labels: Seq
         if key_labels is None or not last_row:
             ax.set_xticks([])
     if shared_scale and image is not None:
-        fig.colorbar(image, ax=axes, shrink=0.8)
+        fig.colorbar(image, ax=kept, shrink=0.8)
     if suptitle:
         fig.suptitle(suptitle)
     return fig
@@ -154,10 +165,11 @@ def weights_bar(weights, labels: Sequence[str] | None = None, *, ax: Axes | None
 
 
 def patch_weights_overlay(image, weights, grid: tuple[int, int], *, query: int | None = None,
-                          ax: Axes | None = None, title: str | None = None, alpha: float = 0.6) -> Figure:
+                          ax: Axes | None = None, title: str | None = None, alpha: float = 0.7) -> Figure:
     """Draw `image` (H, W, 3) with one attention row over its `grid` = (rows, cols) of patches.
 
-    `weights` has rows * cols entries in row-major patch order; `query` (a patch index) gets a red frame.
+    `weights` has rows * cols entries in row-major patch order; each patch is tinted with an opacity
+    proportional to its weight (the largest gets `alpha`). `query` (a patch index) gets a blue frame.
     """
     img = to_numpy(image)
     if img.max() > 1.0:
@@ -167,14 +179,131 @@ def patch_weights_overlay(image, weights, grid: tuple[int, int], *, query: int |
     fig, ax = _axes(ax, (5.0, 5.0 * img.shape[0] / img.shape[1]))
     height, width = img.shape[:2]
     ax.imshow(img, extent=(0, width, height, 0))
-    ax.imshow(w, cmap="magma", alpha=alpha, extent=(0, width, height, 0), interpolation="nearest",
-              vmin=0, vmax=max(1e-9, float(w.max())))
+    top = max(1e-12, float(w.max()))
+    ax.imshow(w, cmap="autumn_r", alpha=alpha * w / top, extent=(0, width, height, 0), interpolation="nearest",
+              vmin=0, vmax=top)
     if query is not None:
         ph, pw = height / rows, width / cols
         r, c = divmod(query, cols)
-        ax.add_patch(Rectangle((c * pw, r * ph), pw, ph, fill=False, edgecolor="red", linewidth=2))
+        ax.add_patch(Rectangle((c * pw, r * ph), pw, ph, fill=False, edgecolor="tab:blue", linewidth=2.5))
     ax.set_xticks([])
     ax.set_yticks([])
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+# ------------------------------------------------------------------------------------------- patches
+
+
+def image_hwc(image) -> np.ndarray:
+    """An image as a float (H, W, C) array in [0, 1]: tensors are read as (C, H, W), arrays as (H, W, C)."""
+    if isinstance(image, torch.Tensor):
+        image = image.detach().float().cpu()
+        image = image.permute(1, 2, 0) if image.ndim == 3 else image
+    img = np.asarray(image, dtype=float)
+    return img / 255.0 if img.max() > 1.0 else img
+
+
+def _show(ax: Axes, img: np.ndarray) -> None:
+    """imshow with pixel edges on integer coordinates: pixel (r, c) covers [c, c+1) x [r, r+1)."""
+    height, width = img.shape[:2]
+    ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1,
+              extent=(0, width, height, 0), interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def patch_grid(image, patch: int, *, ax: Axes | None = None, title: str | None = None, numbers: bool = False,
+               color: str = "white", max_lines: int = 64) -> Figure:
+    """Draw `image` cut into `patch` x `patch` patches: the grid, and (`numbers`) each token's index.
+
+    Rows and columns left over when a side is not a multiple of `patch` are shaded: no patch covers them.
+    Grid lines are left out when a side has more than `max_lines` patches (the picture would be all lines).
+    """
+    img = image_hwc(image)
+    height, width = img.shape[:2]
+    rows, cols = height // patch, width // patch
+    fig, ax = _axes(ax, (5.0, 5.0 * height / width))
+    _show(ax, img)
+    if max(rows, cols) <= max_lines:
+        for r in range(rows + 1):
+            ax.plot([0, cols * patch], [r * patch, r * patch], color=color, lw=0.8)
+        for c in range(cols + 1):
+            ax.plot([c * patch, c * patch], [0, rows * patch], color=color, lw=0.8)
+    for x, y, w, h in ((cols * patch, 0, width - cols * patch, height), (0, rows * patch, cols * patch,
+                                                                          height - rows * patch)):
+        if w > 0 and h > 0:
+            ax.add_patch(Rectangle((x, y), w, h, facecolor="black", alpha=0.55, hatch="//", edgecolor="gray"))
+    if numbers:
+        size = max(5.0, min(9.0, 200 / max(rows, cols)))
+        for i in range(rows * cols):
+            r, c = divmod(i, cols)
+            ax.text((c + 0.5) * patch, (r + 0.5) * patch, str(i), ha="center", va="center", fontsize=size,
+                    color="black", bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.7))
+    ax.set_xlim(0, width)
+    ax.set_ylim(height, 0)
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def token_strip(image, patch: int, tokens: Sequence[int] | None = None, *, stride: int | None = None,
+                ax: Axes | None = None, title: str | None = None, gap: float = 0.15) -> Figure:
+    """Draw some tokens of `image` side by side, in sequence order, each labelled with its index.
+
+    Token i is the `patch` x `patch` window in row i // cols, column i % cols of the window grid, windows
+    `stride` pixels apart (default `patch`: no overlap). `tokens` defaults to the first two rows of the grid
+    (at most 32). `gap` is the space between tiles, as a fraction of a tile.
+    """
+    img = image_hwc(image)
+    stride = patch if stride is None else stride
+    rows, cols = (img.shape[0] - patch) // stride + 1, (img.shape[1] - patch) // stride + 1
+    if tokens is None:
+        tokens = range(min(2 * cols, 32, rows * cols))
+    tokens = list(tokens)
+    step = patch + max(1, round(gap * patch))
+    canvas = np.ones((patch, step * len(tokens) - (step - patch), img.shape[2]))
+    for k, i in enumerate(tokens):
+        r, c = divmod(i, cols)
+        canvas[:, k * step:k * step + patch] = img[r * stride:r * stride + patch, c * stride:c * stride + patch]
+    fig, ax = _axes(ax, (min(16.0, 0.55 * len(tokens) + 1), 1.3))
+    _show(ax, canvas)
+    ax.set_xticks([k * step + patch / 2 for k in range(len(tokens))], [str(i) for i in tokens],
+                  fontsize=7 if len(tokens) > 20 else 8)
+    ax.tick_params(length=0)
+    for side in ax.spines.values():
+        side.set_visible(False)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return fig
+
+
+def overlap_windows(image, kernel: int, stride: int, padding: int = 0,
+                    windows: Sequence[tuple[int, int]] | None = None, *, ax: Axes | None = None,
+                    title: str | None = None) -> Figure:
+    """Draw `image` with some `kernel` x `kernel` windows, `stride` apart, outlined in turn in four colours.
+
+    `padding` pixels of zeros are drawn around the image (light grey). `windows` lists (row, col) grid
+    positions; the default is the first three of row 0 and the first two of row 1, where they overlap.
+    """
+    img = image_hwc(image)
+    height, width = img.shape[:2]
+    padded = np.full((height + 2 * padding, width + 2 * padding, img.shape[2]), 0.85)
+    padded[padding:padding + height, padding:padding + width] = img
+    rows = (height + 2 * padding - kernel) // stride + 1
+    cols = (width + 2 * padding - kernel) // stride + 1
+    if windows is None:
+        windows = [(r, c) for r, c in ((0, 0), (0, 1), (0, 2), (1, 0), (1, 1)) if r < rows and c < cols]
+    fig, ax = _axes(ax, (5.0, 5.0 * padded.shape[0] / padded.shape[1]))
+    _show(ax, padded)
+    if padding:
+        ax.add_patch(Rectangle((padding, padding), width, height, fill=False, edgecolor="gray", ls="--", lw=1))
+    colours = ["tab:red", "tab:cyan", "gold", "tab:green"]
+    for k, (r, c) in enumerate(windows):
+        inset = 0.4 + 0.6 * (k % 2)
+        ax.add_patch(Rectangle((c * stride + inset, r * stride + inset), kernel - 2 * inset, kernel - 2 * inset,
+                               fill=False, edgecolor=colours[k % len(colours)], lw=2))
     if title:
         ax.set_title(title)
     return fig

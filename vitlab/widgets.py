@@ -1,9 +1,9 @@
 """Interactive explorers for the chapters (ipywidgets), each with a static fallback.
 
 An explorer is a widget box: in a live Jupyter kernel its sliders redraw a figure inside an `Output`
-widget. Its display bundle also carries a PNG of the current state, so a notebook executed headless
-(nbconvert, nbgrader) or viewed without a widget manager still shows a figure. Importing this module
-needs no display: figures are drawn on the Agg canvas, outside pyplot.
+widget (by setting the widget's `outputs`). Its display bundle also carries a PNG of the current state,
+so a notebook executed headless (nbconvert, nbgrader) or viewed without a widget manager still shows a
+figure. Importing this module needs no display: figures are drawn on the Agg canvas, outside pyplot.
 """
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ import math
 import ipywidgets as W
 import numpy as np
 import torch
-from IPython.display import Image, display
 from matplotlib.figure import Figure
 
 from vitlab import viz
@@ -61,7 +60,7 @@ class AttentionExplorer(W.VBox):
         self.features, self.grid, self.image = patch_features(image, patch)
         n = self.features.shape[0]
         self.top = top
-        self.query = W.IntSlider(value=n // 2 + self.grid[1] // 3 if query is None else query, min=0, max=n - 1,
+        self.query = W.IntSlider(value=min(49, n - 1) if query is None else query, min=0, max=n - 1,
                                  description="query patch", continuous_update=False)
         self.temperature = W.FloatLogSlider(value=temperature, base=10, min=-2, max=1, step=0.05,
                                             description="temperature", continuous_update=False)
@@ -87,10 +86,11 @@ class AttentionExplorer(W.VBox):
         """The current state as a static figure: weights over the photo, top weights, entropy vs temperature."""
         w = self.weights()
         n = w.numel()
-        fig = Figure(figsize=(13, 3.8), layout="constrained")
+        fig = Figure(figsize=(13, 3.9))
         ax_img, ax_bar, ax_h = fig.subplots(1, 3, width_ratios=[1.5, 1.2, 1])
+        fig.subplots_adjust(left=0.01, right=0.99, bottom=0.2, top=0.9, wspace=0.22)
         viz.patch_weights_overlay(self.image, w, self.grid, query=self.query.value, ax=ax_img,
-                                  title=f"query patch {self.query.value} (red frame)")
+                                  title=f"query patch {self.query.value} (blue frame)")
         top = w.topk(min(self.top, n))
         cols = self.grid[1]
         labels = [f"{int(i) // cols},{int(i) % cols}" for i in top.indices]
@@ -117,11 +117,160 @@ class AttentionExplorer(W.VBox):
         return buf.getvalue()
 
     def _redraw(self, change=None) -> None:
-        with self.out:
-            self.out.clear_output(wait=True)
-            display(Image(data=self.png()))
+        # Replace the Output widget's content through its `outputs` state rather than `with self.out:`, which
+        # routes output by message id and can stall headless executors (nbclient) waiting for the cell to end.
+        self._png = base64.b64encode(self.png()).decode("ascii")
+        self.out.outputs = ({"output_type": "display_data", "metadata": {},
+                             "data": {"image/png": self._png, "text/plain": "<attention explorer figure>"}},)
 
     def _repr_mimebundle_(self, **kwargs):
         bundle = super()._repr_mimebundle_(**kwargs) or {}
-        bundle["image/png"] = base64.b64encode(self.png()).decode("ascii")
+        bundle["image/png"] = self._png
+        return bundle
+
+
+# ------------------------------------------------------------------------------------ patch-size explorer
+
+
+def covered_pixels(size: int, kernel: int, stride: int) -> int:
+    """How many of `size` pixels along one side fall inside at least one window (kernel, stride, no padding)."""
+    count = (size - kernel) // stride + 1
+    if count < 1:
+        return 0
+    return (count - 1) * min(stride, kernel) + kernel
+
+
+def patch_costs(height: int, width: int, patch: int, stride: int | None = None, channels: int = 3,
+                heads: int = 12, depth: int = 12, bytes_per_value: int = 4) -> dict[str, int]:
+    """What cutting an image into windows costs: grid, tokens, values per token, attention entries and bytes.
+
+    `entries` is the size of one head's score matrix in one layer, N^2; `bytes` stores it once; `model_bytes`
+    stores every head of every layer of a `depth`-layer model with `heads` heads (ViT-B: 12 and 12), one image.
+    `dropped` counts the pixels no window covers.
+    """
+    stride = patch if stride is None else stride
+    rows, cols = (height - patch) // stride + 1, (width - patch) // stride + 1
+    tokens = max(rows, 0) * max(cols, 0)
+    entries = tokens * tokens
+    return dict(rows=rows, cols=cols, tokens=tokens, values=patch * patch * channels, entries=entries,
+                bytes=entries * bytes_per_value, model_bytes=entries * bytes_per_value * heads * depth,
+                dropped=height * width - covered_pixels(height, patch, stride) * covered_pixels(width, patch, stride))
+
+
+def _size(n_bytes: float) -> str:
+    """A byte count in B, KiB, MiB, GiB or TiB."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n_bytes < 1024:
+            return f"{n_bytes:.4g} {unit}"
+        n_bytes /= 1024
+    return f"{n_bytes:.4g} TiB"
+
+
+class PatchSizeExplorer(W.VBox):
+    """Cut a photo into patches and see what it costs: grid overlay, the first tokens, tokens and attention size.
+
+    Sliders choose the patch size and (unticking "no overlap") the stride; drop-downs the photo and the side it
+    is resized to. The figure shows the photo with its patch grid (or a few overlapping windows), the tokens and
+    attention entries against the patch size on log axes, the numbers of the current choice, and the first
+    tokens of the sequence.
+    """
+
+    SIZES = (64, 128, 224, 384, 512)
+
+    def __init__(self, photo: str = "astronaut", size: int = 224, patch: int = 16, stride: int | None = None):
+        from vitlab import data
+
+        self._photo = data.photo
+        self._cache: dict[tuple[str, int], torch.Tensor] = {}
+        self.photo = W.Dropdown(options=list(data.PHOTOS), value=photo, description="photo")
+        self.size = W.Dropdown(options=list(self.SIZES), value=size, description="image side")
+        self.patch = W.IntSlider(value=patch, min=1, max=64, description="patch size", continuous_update=False)
+        self.no_overlap = W.Checkbox(value=stride is None or stride == patch, description="no overlap (stride = patch)")
+        self.stride = W.IntSlider(value=patch if stride is None else stride, min=1, max=64, description="stride",
+                                  continuous_update=False, disabled=self.no_overlap.value)
+        self.out = W.Output()
+        for control in (self.photo, self.size, self.patch, self.no_overlap, self.stride):
+            control.observe(self._redraw, names="value")
+        super().__init__([W.HBox([self.photo, self.size]), W.HBox([self.patch, self.no_overlap, self.stride]),
+                          self.out])
+        self._redraw()
+
+    def image(self) -> torch.Tensor:
+        """The current photo, (3, side, side) in [0, 1]."""
+        key = (self.photo.value, self.size.value)
+        if key not in self._cache:
+            self._cache[key] = self._photo(*key)
+        return self._cache[key]
+
+    def current_stride(self) -> int:
+        return self.patch.value if self.no_overlap.value else self.stride.value
+
+    def costs(self) -> dict[str, int]:
+        """patch_costs of the current choice."""
+        side = self.size.value
+        return patch_costs(side, side, self.patch.value, self.current_stride())
+
+    def figure(self) -> Figure:
+        """The current state as a static figure."""
+        img, side = self.image(), self.size.value
+        patch, stride = self.patch.value, self.current_stride()
+        c = self.costs()
+        fig = Figure(figsize=(13, 6.2))
+        grid = fig.add_gridspec(2, 3, height_ratios=[4, 1], width_ratios=[1.1, 1.2, 1])
+        ax_img, ax_cost, ax_txt = (fig.add_subplot(grid[0, i]) for i in range(3))
+        ax_strip = fig.add_subplot(grid[1, :])
+        fig.subplots_adjust(left=0.02, right=0.98, bottom=0.04, top=0.93, wspace=0.25, hspace=0.25)
+        if stride == patch:
+            hidden = " (grid lines hidden)" if max(c["rows"], c["cols"]) > 64 else ""
+            viz.patch_grid(img, patch, ax=ax_img,
+                           title=f"{c['rows']} x {c['cols']} patches of {patch} x {patch}{hidden}")
+        else:
+            viz.overlap_windows(img, patch, stride, ax=ax_img,
+                                title=f"windows {patch} x {patch}, {stride} apart: {c['rows']} x {c['cols']}")
+        sizes = [p for p in range(1, 65) if p <= side]
+        tokens = [patch_costs(side, side, p)["tokens"] for p in sizes]
+        viz.line_plot(sizes, {"tokens N": tokens, "attention entries N^2": [t * t for t in tokens]}, ax=ax_cost,
+                      logx=True, logy=True, markers=False, xlabel="patch size P (stride = P)",
+                      ylabel="count (one head, one layer)", title=f"{side} x {side} image")
+        ax_cost.plot([patch], [c["tokens"]], "o", color="tab:red", zorder=3)
+        ax_cost.plot([patch], [c["entries"]], "o", color="tab:red", zorder=3, label="your choice")
+        ax_cost.legend(fontsize=8)
+        lines = [f"image            {side} x {side} x 3",
+                 f"patch, stride    {patch}, {stride}",
+                 f"grid             {c['rows']} x {c['cols']}",
+                 f"tokens N         {c['tokens']:,}",
+                 f"values per token {c['values']:,} (P*P*3)",
+                 f"pixels left out  {c['dropped']:,}",
+                 "",
+                 "attention scores, one head, one layer:",
+                 f"  N^2 = {c['entries']:,}",
+                 f"  {_size(c['bytes'])} in float32",
+                 "ViT-B (12 heads x 12 layers), one image:",
+                 f"  {_size(c['model_bytes'])} in float32",
+                 f"  {c['entries'] / 196 ** 2:.3g} x ViT-B/16 at 224 x 224"]
+        ax_txt.axis("off")
+        ax_txt.text(0, 1, "\n".join(lines), va="top", family="monospace", fontsize=10, transform=ax_txt.transAxes)
+        count = min(c["tokens"], 24)
+        if count:
+            viz.token_strip(img, patch, range(count), stride=stride, ax=ax_strip,
+                            title=f"the sequence starts with these {count} of {c['tokens']:,} tokens")
+        else:
+            ax_strip.axis("off")
+        return fig
+
+    def png(self) -> bytes:
+        """The current figure as PNG bytes."""
+        buf = io.BytesIO()
+        self.figure().savefig(buf, format="png", dpi=80)
+        return buf.getvalue()
+
+    def _redraw(self, change=None) -> None:
+        self.stride.disabled = self.no_overlap.value
+        self._png = base64.b64encode(self.png()).decode("ascii")
+        self.out.outputs = ({"output_type": "display_data", "metadata": {},
+                             "data": {"image/png": self._png, "text/plain": "<patch-size explorer figure>"}},)
+
+    def _repr_mimebundle_(self, **kwargs):
+        bundle = super()._repr_mimebundle_(**kwargs) or {}
+        bundle["image/png"] = self._png
         return bundle
