@@ -110,11 +110,9 @@ def test_patch_embed_is_timm_shaped():
     assert vit_b.num_patches == 196 and sum(p.numel() for p in vit_b.parameters()) == 3 * 16 * 16 * 768 + 768
 
 
-def test_patch_embed_matches_timm():
-    timm_layers = pytest.importorskip("timm.layers", exc_type=ImportError,
-                                      reason="timm is not installed (optional: pip install --no-deps timm)")
+def test_patch_embed_matches_timm(timm):
     torch.manual_seed(0)
-    theirs = timm_layers.PatchEmbed(img_size=32, patch_size=8, in_chans=3, embed_dim=12)
+    theirs = timm.layers.PatchEmbed(img_size=32, patch_size=8, in_chans=3, embed_dim=12)
     ours = P.PatchEmbed(img_size=32, patch_size=8, in_chans=3, embed_dim=12)
     ours.load_state_dict(theirs.state_dict())
     x = image((2, 3, 32, 32))

@@ -127,9 +127,8 @@ def test_relative_position_index_equals_a_double_loop(h, w):
     assert (index.diagonal() == (h - 1) * (2 * w - 1) + (w - 1)).all()  # offset (0, 0)
 
 
-def test_relative_position_index_matches_timm():
-    swin = pytest.importorskip("timm.models.swin_transformer", exc_type=ImportError,
-                               reason="timm is not installed (optional: pip install --no-deps timm)")
+def test_relative_position_index_matches_timm(timm):
+    swin = timm.models.swin_transformer
     for h, w in [(2, 3), (7, 7)]:
         assert torch.equal(P.relative_position_index(h, w), swin.get_relative_position_index(h, w))
 
@@ -276,9 +275,8 @@ def test_resample_dtypes_and_errors():
         P.resample_pos_embed(randn(1, 1 + 6, 4), (3, 3), old_grid=(2, 2))
 
 
-def test_resample_matches_timm():
-    layers = pytest.importorskip("timm.layers", exc_type=ImportError,
-                                 reason="timm is not installed (optional: pip install --no-deps timm)")
+def test_resample_matches_timm(timm):
+    layers = timm.layers
     table = randn(1, 1 + 14 * 14, 16)
     for new in [(24, 24), (7, 9)]:
         torch.testing.assert_close(P.resample_pos_embed(table, new),

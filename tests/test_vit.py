@@ -1,11 +1,7 @@
 """vitlab.vit against timm (same weights, same logits), exact parameter counts, hand-worked rollout and distance
 cases, DropPath's expectation; and vitlab.check_vit: right learner code passes, each known mistake is named."""
-import importlib.abc
-import importlib.machinery
-import importlib.util
 import math
 import sys
-import types
 
 import pytest
 import torch
@@ -22,69 +18,18 @@ def images(b=2, c=3, size=32, seed=0, dtype=torch.float32):
     return torch.randn(b, c, size, size, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
 
-# ------------------------------------------------------------------ timm, with torchvision stubbed
-
-
-class _Placeholder(type):
-    """Any attribute of a stub class is a string, so that timm's import-time tables (InterpolationMode.X) build."""
-
-    def __getattr__(cls, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return f"{cls.__name__}.{name}"
-
-
-class _StubModule(types.ModuleType):
-    """A torchvision module whose every attribute is an empty class: enough for `import timm` to succeed."""
-
-    def __getattr__(self, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        value = _Placeholder(name, (), {})
-        setattr(self, name, value)
-        return value
-
-
-class _TorchvisionStub(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Answers `import torchvision...` with stub modules; timm imports torchvision but its ViT never uses it."""
-
-    def find_spec(self, fullname, path=None, target=None):
-        if fullname == "torchvision" or fullname.startswith("torchvision."):
-            return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
-        return None
-
-    def create_module(self, spec):
-        module = _StubModule(spec.name)
-        module.__path__ = []
-        return module
-
-    def exec_module(self, module):
-        pass
-
-
 @pytest.fixture(scope="module")
-def timm_vit():
-    """timm's VisionTransformer class. torchvision is stubbed only while timm imports, and only if it is absent."""
-    if importlib.util.find_spec("timm") is None:
-        pytest.skip("timm is not installed (pip install --no-deps timm)")
-    stub = None
-    if "timm" not in sys.modules and importlib.util.find_spec("torchvision") is None:
-        stub = _TorchvisionStub()
-        sys.meta_path.insert(0, stub)
-    try:
-        from timm.models.vision_transformer import VisionTransformer
-    finally:
-        if stub is not None:
-            sys.meta_path.remove(stub)
-            for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
-                del sys.modules[name]
-    return VisionTransformer
+def timm_vit(timm):
+    """timm's VisionTransformer class."""
+    return timm.models.vision_transformer.VisionTransformer
 
 
 def test_the_torchvision_stub_does_not_outlive_the_import(timm_vit):
+    from conftest import StubModule, TorchvisionStub
+
     assert timm_vit.__module__ == "timm.models.vision_transformer"
-    assert not any(isinstance(m, _TorchvisionStub) for m in sys.meta_path)
-    assert all(not isinstance(m, _StubModule) for m in sys.modules.values())
+    assert not any(isinstance(m, TorchvisionStub) for m in sys.meta_path)
+    assert all(not isinstance(m, StubModule) for m in sys.modules.values())
 
 
 POOLS = [dict(class_token=True, global_pool="token"), dict(class_token=True, global_pool="avg"),

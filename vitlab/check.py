@@ -230,6 +230,20 @@ def _passed(name: str, cases: int, what: str) -> None:
     print(f"{PASS} {name}: matches the reference on {cases} case{'s' * (cases != 1)} ({what}).")
 
 
+def _compare_gradients(name: str, keys: Sequence[str], got: Sequence[torch.Tensor | None],
+                       expected: Sequence[torch.Tensor | None], atol: float, rtol: float, where: str, *,
+                       what: str, of: str, cut: str) -> None:
+    """Raise CheckFailed at the first gradient that is missing (`cut`) or differs (`of`) from the reference's."""
+    for key, g, e in zip(keys, got, expected):
+        if e is None:
+            continue
+        if g is None:
+            raise CheckFailed(f"{name}: {cut.format(key)}\n  on {where}")
+        problem = _difference(g, e, atol * 10, rtol * 10, of.format(key))
+        if problem:
+            raise CheckFailed(f"{name}: the {what} match but {problem}\n  on {where}")
+
+
 # ----------------------------------------------------------------------------------------- checks
 
 
@@ -258,16 +272,10 @@ def check_function(fn: Callable, reference: Callable, cases: Sequence[Mapping[st
         ref_args = _clone_case(case, True)
         ref_grads = _backward(reference(**ref_args), [ref_args[k] for k in keys], seed=i)
         got_grads = _backward(got, [args[k] for k in keys], seed=i)
-        for key, g, e in zip(keys, got_grads, ref_grads):
-            if e is None:
-                continue
-            if g is None:
-                raise CheckFailed(f"{name}: no gradient reaches `{key}`; the values are right, so something "
-                                  f"cuts the graph (.detach(), .item(), .numpy(), torch.tensor(...) of a result?)\n"
-                                  f"  on {where}")
-            problem = _difference(g, e, atol * 10, rtol * 10, f"the gradient with respect to `{key}`")
-            if problem:
-                raise CheckFailed(f"{name}: the values match but {problem}\n  on {where}")
+        _compare_gradients(name, keys, got_grads, ref_grads, atol, rtol, where, what="values",
+                           of="the gradient with respect to `{}`",
+                           cut="no gradient reaches `{}`; the values are right, so something cuts the graph "
+                               "(.detach(), .item(), .numpy(), torch.tensor(...) of a result?)")
     _passed(name, len(cases), "values and gradients" if grad else "values")
 
 
@@ -329,15 +337,10 @@ def check_module(make_module: Callable[[], nn.Module], reference: nn.Module,
         mine = dict(module.named_parameters())
         ref_grads = _backward(expected, [dict(reference.named_parameters())[k] for k in names], seed=i)
         got_grads = _backward(got, [mine[k] for k in names], seed=i)
-        for key, g, e in zip(names, got_grads, ref_grads):
-            if e is None:
-                continue
-            if g is None:
-                raise CheckFailed(f"{name}: no gradient reaches parameter `{key}`; is it used in forward, and "
-                                  f"is the graph cut somewhere (.detach(), .data)?\n  on {where}")
-            problem = _difference(g, e, atol * 10, rtol * 10, f"the gradient of `{key}`")
-            if problem:
-                raise CheckFailed(f"{name}: the outputs match but {problem}\n  on {where}")
+        _compare_gradients(name, names, got_grads, ref_grads, atol, rtol, where, what="outputs",
+                           of="the gradient of `{}`",
+                           cut="no gradient reaches parameter `{}`; is it used in forward, and is the graph cut "
+                               "somewhere (.detach(), .data)?")
     _passed(name, len(inputs), "outputs and gradients with the reference's weights" if grad else
             "outputs with the reference's weights")
 
