@@ -142,3 +142,206 @@ def test_explorer_redraws_and_carries_a_static_png():
 
     assert base64.b64decode(bundle["image/png"])[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(explorer.figure().axes) == 3
+
+
+# ------------------------------------------------------------------------------ patches (02_patches)
+
+
+def test_image_hwc_reads_tensors_channels_first_and_arrays_channels_last():
+    t = torch.rand(3, 4, 5)
+    np.testing.assert_allclose(viz.image_hwc(t), t.permute(1, 2, 0).numpy(), rtol=1e-6)
+    a = np.full((4, 5, 3), 255, dtype=np.uint8)
+    assert viz.image_hwc(a).shape == (4, 5, 3) and viz.image_hwc(a).max() == 1.0
+
+
+def test_patch_grid_draws_one_line_per_patch_edge_shades_the_remainder_and_numbers_tokens():
+    img = torch.rand(3, 50, 70)  # patch 16: a 3 x 4 grid; 2 rows and 6 columns of pixels are left over
+    fig = viz.patch_grid(img, 16, numbers=True)
+    ax = fig.axes[0]
+    assert len(ax.lines) == (3 + 1) + (4 + 1)
+    assert sorted(line.get_xdata()[0] for line in ax.lines if line.get_xdata()[0] == line.get_xdata()[1]) == [
+        0, 16, 32, 48, 64]
+    shaded = [(p.get_x(), p.get_y(), p.get_width(), p.get_height()) for p in ax.patches]
+    assert shaded == [(64, 0, 6, 50), (0, 48, 64, 2)]
+    labels = {t.get_text(): t.get_position() for t in ax.texts}
+    assert len(labels) == 12 and labels["6"] == (2.5 * 16, 1.5 * 16)  # token 6: grid row 1, column 2
+    np.testing.assert_allclose(ax.images[0].get_array(), img.permute(1, 2, 0).numpy(), rtol=1e-6)
+
+
+def test_patch_grid_leaves_out_lines_of_a_dense_grid_and_shades_nothing_when_the_patch_divides():
+    ax = viz.patch_grid(torch.rand(3, 64, 64), 1, max_lines=32).axes[0]
+    assert not ax.lines and not ax.patches
+
+
+def test_token_strip_lays_out_the_chosen_windows_in_order():
+    img = torch.rand(3, 12, 12)
+    fig = viz.token_strip(img, 4, [4, 0], stride=2, gap=0.5)  # 4 x 4 windows 2 apart: a 5 x 5 grid
+    ax = fig.axes[0]
+    canvas = ax.images[0].get_array()
+    assert canvas.shape == (4, 4 + 2 + 4, 3)
+    hwc = img.permute(1, 2, 0).numpy()
+    np.testing.assert_allclose(canvas[:, :4], hwc[0:4, 8:12], rtol=1e-6)  # token 4: row 0, column 4
+    np.testing.assert_allclose(canvas[:, 6:], hwc[0:4, 0:4], rtol=1e-6)  # token 0
+    assert np.all(canvas[:, 4:6] == 1.0)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["4", "0"]
+
+
+def test_token_strip_defaults_to_the_first_two_grid_rows():
+    labels = [t.get_text() for t in viz.token_strip(torch.rand(3, 32, 48), 8).axes[0].get_xticklabels()]
+    assert labels == [str(i) for i in range(12)]
+
+
+def test_overlap_windows_pads_the_image_and_outlines_the_windows_where_they_are():
+    img = torch.rand(3, 20, 20)
+    fig = viz.overlap_windows(img, 7, 4, padding=3, windows=[(0, 0), (1, 2)])
+    ax = fig.axes[0]
+    shown = ax.images[0].get_array()
+    assert shown.shape == (26, 26, 3)
+    np.testing.assert_allclose(shown[3:23, 3:23], img.permute(1, 2, 0).numpy(), rtol=1e-6)
+    assert np.all(shown[:3] == 0.85)
+    frames = [p for p in ax.patches if p.get_edgecolor()[:3] != matplotlib.colors.to_rgb("gray")]
+    (x0, y0), (x1, y1) = [(p.get_x(), p.get_y()) for p in frames]
+    assert (round(x0 - 0.4, 6), round(y0 - 0.4, 6)) == (0, 0)
+    assert (round(x1 - 1.0, 6), round(y1 - 1.0, 6)) == (8, 4)  # column 2, row 1: 4 pixels apart, inset 1
+    assert frames[0].get_width() == pytest.approx(7 - 0.8)
+
+
+@pytest.mark.parametrize("size, kernel, stride", [(224, 16, 16), (224, 15, 15), (30, 4, 7), (31, 8, 3), (9, 9, 1),
+                                                  (5, 6, 1)])
+def test_covered_pixels_counts_the_union_of_the_windows(size, kernel, stride):
+    covered = set()
+    for start in range(0, size - kernel + 1, stride):
+        covered |= set(range(start, start + kernel))
+    assert widgets.covered_pixels(size, kernel, stride) == len(covered)
+
+
+@pytest.mark.parametrize("height, width, patch, stride", [(224, 224, 16, None), (224, 224, 16, 8), (64, 96, 15, None),
+                                                          (50, 40, 6, 9)])
+def test_patch_costs_match_unfold_and_fold(height, width, patch, stride):
+    c = widgets.patch_costs(height, width, patch, stride, heads=2, depth=3)
+    ones = torch.ones(1, 1, height, width)
+    s = patch if stride is None else stride
+    windows = torch.nn.functional.unfold(ones, patch, stride=s)
+    assert c["tokens"] == windows.shape[-1] == c["rows"] * c["cols"]
+    coverage = torch.nn.functional.fold(windows, (height, width), patch, stride=s)
+    assert c["dropped"] == int((coverage == 0).sum())
+    assert c["values"] == patch * patch * 3
+    assert c["entries"] == c["tokens"] ** 2
+    assert c["bytes"] == 4 * c["entries"] and c["model_bytes"] == 2 * 3 * c["bytes"]
+
+
+def test_patch_size_explorer_counts_tokens_redraws_and_carries_a_static_png():
+    import base64
+
+    explorer = widgets.PatchSizeExplorer(photo="astronaut", size=224, patch=16)
+    assert explorer.image().shape == (3, 224, 224)
+    assert explorer.costs()["tokens"] == 196 and explorer.stride.disabled
+    before = explorer.out.outputs[0]["data"]["image/png"]
+    explorer.no_overlap.value = False  # the stride slider takes over: 16 x 16 windows 8 apart
+    explorer.stride.value = 8
+    assert not explorer.stride.disabled
+    assert explorer.costs()["tokens"] == 27 * 27
+    after = explorer.out.outputs
+    assert len(after) == 1 and after[0]["data"]["image/png"] != before
+    explorer.no_overlap.value = True
+    explorer.patch.value = 15  # 14 x 14 patches and a 14-pixel border left out on two sides
+    assert explorer.costs()["tokens"] == 196 and explorer.costs()["dropped"] == 224 ** 2 - 210 ** 2
+    bundle = explorer._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+    assert base64.b64decode(bundle["image/png"])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(explorer.figure().axes) == 4
+
+
+# ------------------------------------------------------------------------------------- positions (03)
+
+
+def test_grid_map_draws_the_values_on_the_grid_and_frames_the_marked_patch():
+    values = torch.arange(12.0)
+    fig = viz.grid_map(values, (3, 4), mark=(2, 1), title="t")
+    ax = fig.axes[0]
+    np.testing.assert_array_equal(ax.images[0].get_array(), values.reshape(3, 4).numpy())
+    frame = ax.patches[0]
+    assert (frame.get_x(), frame.get_y(), frame.get_width(), frame.get_height()) == (0.5, 1.5, 1, 1)
+    assert len(fig.axes) == 2 and ax.get_title() == "t"
+
+
+def test_similarity_mosaic_puts_row_k_of_the_matrix_at_patch_k():
+    rows, cols = 3, 4
+    sim = torch.arange(144.0).reshape(12, 12)
+    fig = viz.similarity_mosaic(sim, (rows, cols))
+    canvas = np.ma.filled(fig.axes[0].images[0].get_array(), np.nan)
+    assert canvas.shape == (rows * 4 - 1, cols * 5 - 1)
+    for r in range(rows):
+        for c in range(cols):
+            panel = canvas[r * 4:r * 4 + rows, c * 5:c * 5 + cols]
+            np.testing.assert_array_equal(panel, sim[r * cols + c].reshape(rows, cols).numpy())
+    assert np.isnan(canvas[3]).all() and np.isnan(canvas[:, 4]).all()  # the blank separators
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["0", "1", "2", "3"]
+
+
+def test_similarity_mosaic_step_keeps_every_other_panel_and_refuses_a_wrong_shape():
+    sim = torch.rand(16, 16)
+    fig = viz.similarity_mosaic(sim, (4, 4), step=2)
+    canvas = np.ma.filled(fig.axes[0].images[0].get_array(), np.nan)
+    assert canvas.shape == (2 * 5 - 1, 2 * 5 - 1)
+    np.testing.assert_allclose(canvas[5:9, 5:9], sim[2 * 4 + 2].reshape(4, 4).numpy(), rtol=1e-6)
+    with pytest.raises(ValueError):
+        viz.similarity_mosaic(torch.rand(15, 15), (4, 4))
+
+
+def _frequencies(width, temperature=10000.0):
+    return temperature ** (-2 * torch.arange(width // 2, dtype=torch.float64) / width)
+
+
+def test_sincos_similarities_have_their_closed_forms():
+    side, dim = 5, 16
+    pos = [(r, c) for r in range(side) for c in range(side)]
+    two_d = widgets.position_similarity("sin-cos 2-D", side, dim)
+    flat = widgets.position_similarity("sin-cos 1-D (flat index)", side, dim, temperature=100.0)
+    omega_half, omega_full = _frequencies(dim // 2), _frequencies(dim, 100.0)
+    for m, (r, c) in enumerate(pos):
+        for n, (r2, c2) in enumerate(pos):
+            # [sin | cos] rows: their dot product is a sum of cos(omega * offset), their norm^2 the number of pairs
+            expected = (torch.cos(omega_half * (c - c2)).sum() + torch.cos(omega_half * (r - r2)).sum()) / (dim / 2)
+            assert two_d[m, n].item() == pytest.approx(expected.item(), abs=1e-9)
+            assert flat[m, n].item() == pytest.approx(torch.cos(omega_full * (m - n)).mean().item(), abs=1e-9)
+
+
+def test_rope_scores_depend_on_the_offset_only():
+    side = 4
+    s = widgets.position_similarity("RoPE 2-D", side, 8, temperature=10.0)
+    pos = [(r, c) for r in range(side) for c in range(side)]
+    by_offset = {}
+    for m, (r, c) in enumerate(pos):
+        for n, (r2, c2) in enumerate(pos):
+            by_offset.setdefault((r2 - r, c2 - c), []).append(s[m, n].item())
+    assert len(by_offset) == (2 * side - 1) ** 2
+    assert max(max(v) - min(v) for v in by_offset.values()) < 1e-12
+    assert max(v[0] for v in by_offset.values()) - min(v[0] for v in by_offset.values()) > 0.1
+    with pytest.raises(ValueError):
+        widgets.position_similarity("learned", side)
+
+
+def test_position_explorer_maps_clamps_and_resamples_a_learned_table():
+    torch.manual_seed(0)
+    learned = torch.randn(1, 1 + 36, 8)
+    explorer = widgets.PositionSimilarityExplorer(side=6, row=5, col=2, tables={"learned": learned})
+    assert list(explorer.kind.options) == [*widgets.PositionSimilarityExplorer.KINDS, "learned"]
+    expected = widgets.position_similarity("sin-cos 2-D", 6, 64)[5 * 6 + 2].reshape(6, 6)
+    torch.testing.assert_close(explorer.map(), expected)
+    explorer.kind.value = "learned"
+    table = torch.nn.functional.normalize(learned[0, 1:].double(), dim=-1)
+    torch.testing.assert_close(explorer.map(), (table @ table.T)[5 * 6 + 2].reshape(6, 6))
+    redraws = []
+    explorer.out.observe(lambda change: redraws.append(change), names="outputs")
+    explorer.side.value = 4  # the row slider's value is clamped to 3 and the figure is drawn once
+    assert (explorer.row.value, explorer.row.max, explorer.col.value) == (3, 3, 2)
+    assert len(redraws) == 1 and explorer.map().shape == (4, 4)
+    explorer.side.value = 9  # the 6 x 6 table resampled in 2-D to 9 x 9 (CLS row dropped from the picture)
+    assert explorer.similarity().shape == (81, 81)
+    assert explorer.map()[explorer.row.value, explorer.col.value].item() == pytest.approx(1.0)
+    bundle = explorer._repr_mimebundle_()
+    import base64
+
+    assert base64.b64decode(bundle["image/png"])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(explorer.figure().axes) == 3  # the map, its colour bar and the distance plot

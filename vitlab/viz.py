@@ -307,3 +307,67 @@ def overlap_windows(image, kernel: int, stride: int, padding: int = 0,
     if title:
         ax.set_title(title)
     return fig
+
+
+# ------------------------------------------------------------------------------------------ positions
+
+
+def grid_map(values, grid: tuple[int, int], *, ax: Axes | None = None, mark: tuple[int, int] | None = None,
+             title: str | None = None, cmap: str = "viridis", vmin: float | None = None, vmax: float | None = None,
+             colorbar: bool = True) -> Figure:
+    """Draw one value per patch, `grid` = (rows, cols) values in row-major order, as a (rows, cols) image.
+
+    `mark` = (row, col) frames one patch (the query of a similarity map, say).
+    """
+    rows, cols = grid
+    v = to_numpy(values).reshape(rows, cols)
+    fig, ax = _axes(ax, (3.6, 3.2 * rows / cols + 0.4))
+    image = ax.imshow(v, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+    if mark is not None:
+        r, c = mark
+        ax.add_patch(Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, edgecolor="tab:red", linewidth=2))
+    ax.set_xlabel("column")
+    ax.set_ylabel("row")
+    if title:
+        ax.set_title(title, fontsize=10)
+    if colorbar:
+        fig.colorbar(image, ax=ax, shrink=0.8)
+    return fig
+
+
+def similarity_mosaic(similarity, grid: tuple[int, int], *, step: int = 1, ax: Axes | None = None,
+                      title: str | None = None, cmap: str = "viridis", vmin: float | None = None,
+                      vmax: float | None = None, colorbar: bool = True) -> Figure:
+    """The ViT paper's position-similarity picture: one small map per patch, laid out on the patch grid.
+
+    `similarity` is (N, N) for N = rows * cols patches in row-major order (a cosine similarity, say). The
+    small map at (r, c) is row r * cols + c of it, reshaped to (rows, cols). `step` > 1 keeps every step-th
+    row and column of panels only. Panels are separated by a blank line of pixels; one colour scale for all
+    (`vmin`, `vmax`, default the data's range).
+    """
+    rows, cols = grid
+    s = to_numpy(similarity)
+    if s.shape != (rows * cols, rows * cols):
+        raise ValueError(f"a {rows} x {cols} grid needs a ({rows * cols}, {rows * cols}) similarity, got {s.shape}")
+    picked_r, picked_c = list(range(0, rows, step)), list(range(0, cols, step))
+    canvas = np.full((len(picked_r) * (rows + 1) - 1, len(picked_c) * (cols + 1) - 1), np.nan)
+    for i, r in enumerate(picked_r):
+        for j, c in enumerate(picked_c):
+            top, left = i * (rows + 1), j * (cols + 1)
+            canvas[top:top + rows, left:left + cols] = s[r * cols + c].reshape(rows, cols)
+    fig, ax = _axes(ax, (6.0, 6.0 * canvas.shape[0] / canvas.shape[1] + 0.3))
+    image = ax.imshow(canvas, cmap=plt.get_cmap(cmap).with_extremes(bad="white"), vmin=vmin, vmax=vmax, interpolation="nearest")
+    ax.set_xticks([j * (cols + 1) + (cols - 1) / 2 for j in range(len(picked_c))], [str(c) for c in picked_c],
+                  fontsize=7)
+    ax.set_yticks([i * (rows + 1) + (rows - 1) / 2 for i in range(len(picked_r))], [str(r) for r in picked_r],
+                  fontsize=7)
+    ax.tick_params(length=0)
+    ax.set_xlabel("column of the patch")
+    ax.set_ylabel("row of the patch")
+    for side in ax.spines.values():
+        side.set_visible(False)
+    if title:
+        ax.set_title(title, fontsize=10)
+    if colorbar:
+        fig.colorbar(image, ax=ax, shrink=0.8)
+    return fig

@@ -247,7 +247,8 @@ class PatchSizeExplorer(W.VBox):
                  f"  {_size(c['bytes'])} in float32",
                  "ViT-B (12 heads x 12 layers), one image:",
                  f"  {_size(c['model_bytes'])} in float32",
-                 f"  {c['entries'] / 196 ** 2:.3g} x ViT-B/16 at 224 x 224"]
+                 f"  {c['entries'] / 196 ** 2:.3g} x the scores of ViT-B/16",
+                 "  at 224 x 224"]
         ax_txt.axis("off")
         ax_txt.text(0, 1, "\n".join(lines), va="top", family="monospace", fontsize=10, transform=ax_txt.transAxes)
         count = min(c["tokens"], 24)
@@ -269,6 +270,144 @@ class PatchSizeExplorer(W.VBox):
         self._png = base64.b64encode(self.png()).decode("ascii")
         self.out.outputs = ({"output_type": "display_data", "metadata": {},
                              "data": {"image/png": self._png, "text/plain": "<patch-size explorer figure>"}},)
+
+    def _repr_mimebundle_(self, **kwargs):
+        bundle = super()._repr_mimebundle_(**kwargs) or {}
+        bundle["image/png"] = self._png
+        return bundle
+
+
+# ------------------------------------------------------------------------------ position-similarity explorer
+
+
+def position_similarity(kind: str, side: int, dim: int = 64, temperature: float = 10000.0,
+                        seed: int = 0) -> torch.Tensor:
+    """(N, N) similarity of every position of a side x side grid to every other, N = side^2, row-major.
+
+    kind "sin-cos 2-D" and "sin-cos 1-D (flat index)": cosine similarity of the tables' rows. kind "RoPE 2-D":
+    the score <R_m q, R_n k> / (|q| |k|) of one fixed random query q put at patch m and one fixed random key k
+    put at patch n, rotated by axial 2-D RoPE (it depends on the offset n - m only). `temperature` is the T of
+    the frequencies 1 / T^(2i/d) of all three.
+    """
+    from vitlab import posenc
+
+    if kind == "sin-cos 2-D":
+        table = posenc.sincos_2d(side, side, dim, temperature, dtype=torch.float64)
+    elif kind == "sin-cos 1-D (flat index)":
+        table = posenc.sincos_1d(side * side, dim, temperature, dtype=torch.float64)
+    elif kind == "RoPE 2-D":
+        gen = torch.Generator().manual_seed(seed)
+        q, k = torch.nn.functional.normalize(torch.randn(2, dim, generator=gen, dtype=torch.float64), dim=-1)
+        pos = posenc.grid_positions(side, side)
+        n = side * side
+        rq = posenc.apply_rope(q.expand(n, dim), pos, temperature)
+        return rq @ posenc.apply_rope(k.expand(n, dim), pos, temperature).T
+    else:
+        raise ValueError(f"unknown kind {kind!r}: choose one of {', '.join(PositionSimilarityExplorer.KINDS)}")
+    table = torch.nn.functional.normalize(table, dim=-1)
+    return table @ table.T
+
+
+class PositionSimilarityExplorer(W.VBox):
+    """Pick a patch with two sliders and see how similar its position code is to every other patch's.
+
+    Encodings: the 2-D sin-cos table (MAE), a 1-D sin-cos table over the flattened index (what a 1-D
+    encoding does to an image), and 2-D RoPE (the score of a fixed query at the picked patch with a fixed key
+    everywhere). `tables` adds learned tables, name -> pos_embed (1, num_prefix_tokens + N, D) on a square
+    grid; for another grid side they are resampled in 2-D (vitlab.posenc.resample_pos_embed). A slider sets
+    the temperature T of the sin-cos and RoPE frequencies. The figure shows the map over the grid (colours
+    scaled to its own range) and the same values against the distance from the picked patch.
+    """
+
+    KINDS = ("sin-cos 2-D", "sin-cos 1-D (flat index)", "RoPE 2-D")
+
+    def __init__(self, side: int = 14, row: int = 3, col: int = 4, kind: str = "sin-cos 2-D", dim: int = 64,
+                 temperature: float = 10000.0, tables: dict[str, torch.Tensor] | None = None,
+                 num_prefix_tokens: int = 1, max_side: int = 24):
+        self.dim = dim
+        self.tables = dict(tables or {})
+        self.num_prefix_tokens = num_prefix_tokens
+        self._cache: dict[tuple[str, int, float], torch.Tensor] = {}
+        self._quiet = False
+        self.kind = W.Dropdown(options=[*self.KINDS, *self.tables], value=kind, description="encoding")
+        self.side = W.IntSlider(value=side, min=2, max=max_side, description="grid side", continuous_update=False)
+        self.temperature = W.FloatLogSlider(value=temperature, base=10, min=0, max=4, step=0.25,
+                                            description="T (sin-cos, RoPE)", continuous_update=False,
+                                            style={"description_width": "initial"})
+        self.row = W.IntSlider(value=min(row, side - 1), min=0, max=side - 1, description="row",
+                               continuous_update=False)
+        self.col = W.IntSlider(value=min(col, side - 1), min=0, max=side - 1, description="column",
+                               continuous_update=False)
+        self.out = W.Output()
+        self.side.observe(self._resize, names="value")
+        for control in (self.kind, self.temperature, self.row, self.col):
+            control.observe(self._redraw, names="value")
+        super().__init__([W.HBox([self.kind, self.side, self.temperature]), W.HBox([self.row, self.col]),
+                          self.out])
+        self._redraw()
+
+    def similarity(self) -> torch.Tensor:
+        """(N, N) similarity of the current encoding on the current grid."""
+        key = (self.kind.value, self.side.value, self.temperature.value)
+        if key not in self._cache:
+            kind, side, temperature = key
+            if kind in self.tables:
+                from vitlab import posenc
+
+                pos_embed = self.tables[kind].detach().double().cpu()
+                pos_embed = posenc.resample_pos_embed(pos_embed, (side, side), self.num_prefix_tokens)
+                table = torch.nn.functional.normalize(pos_embed[0, self.num_prefix_tokens:], dim=-1)
+                self._cache[key] = table @ table.T
+            else:
+                self._cache[key] = position_similarity(kind, side, self.dim, temperature)
+        return self._cache[key]
+
+    def map(self) -> torch.Tensor:
+        """The picked patch's similarity to every patch, (side, side)."""
+        side = self.side.value
+        return self.similarity()[self.row.value * side + self.col.value].reshape(side, side)
+
+    def figure(self) -> Figure:
+        """The current state as a static figure: the map on the grid, and its values against distance."""
+        side, r, c = self.side.value, self.row.value, self.col.value
+        m = self.map()
+        fig = Figure(figsize=(11, 4.2))
+        ax_map, ax_dist = fig.subplots(1, 2, width_ratios=[1, 1.2])
+        fig.subplots_adjust(left=0.06, right=0.98, bottom=0.14, top=0.88, wspace=0.25)
+        viz.grid_map(m, (side, side), ax=ax_map, mark=(r, c),
+                     title=f"{self.kind.value}: patch ({r}, {c}) on a {side} x {side} grid")
+        rows, cols = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+        distance = ((rows - r) ** 2 + (cols - c) ** 2).double().sqrt().flatten()
+        same_row = (rows == r).flatten()
+        values = m.flatten()
+        ax_dist.scatter(distance[~same_row], values[~same_row], s=10, alpha=0.6, label="other rows")
+        ax_dist.scatter(distance[same_row], values[same_row], s=14, color="tab:orange",
+                        label=f"row {r} (the patch's own row)")
+        ax_dist.set_xlabel(f"distance from patch ({r}, {c}) on the grid (patches)")
+        ax_dist.set_ylabel("similarity")
+        ax_dist.grid(alpha=0.3)
+        ax_dist.legend(fontsize=8, loc="upper right")
+        ax_dist.set_title("one dot per patch: does similarity follow distance?", fontsize=10)
+        return fig
+
+    def png(self) -> bytes:
+        """The current figure as PNG bytes."""
+        buf = io.BytesIO()
+        self.figure().savefig(buf, format="png", dpi=80)
+        return buf.getvalue()
+
+    def _resize(self, change=None) -> None:
+        self._quiet = True  # lowering a slider's max may move its value: redraw once, afterwards
+        self.row.max = self.col.max = self.side.value - 1
+        self._quiet = False
+        self._redraw()
+
+    def _redraw(self, change=None) -> None:
+        if self._quiet:
+            return
+        self._png = base64.b64encode(self.png()).decode("ascii")
+        self.out.outputs = ({"output_type": "display_data", "metadata": {},
+                             "data": {"image/png": self._png, "text/plain": "<position-similarity explorer figure>"}},)
 
     def _repr_mimebundle_(self, **kwargs):
         bundle = super()._repr_mimebundle_(**kwargs) or {}
