@@ -356,7 +356,8 @@ def similarity_mosaic(similarity, grid: tuple[int, int], *, step: int = 1, ax: A
             top, left = i * (rows + 1), j * (cols + 1)
             canvas[top:top + rows, left:left + cols] = s[r * cols + c].reshape(rows, cols)
     fig, ax = _axes(ax, (6.0, 6.0 * canvas.shape[0] / canvas.shape[1] + 0.3))
-    image = ax.imshow(canvas, cmap=plt.get_cmap(cmap).with_extremes(bad="white"), vmin=vmin, vmax=vmax, interpolation="nearest")
+    image = ax.imshow(canvas, cmap=plt.get_cmap(cmap).with_extremes(bad="white"), vmin=vmin, vmax=vmax,
+                      interpolation="nearest")
     ax.set_xticks([j * (cols + 1) + (cols - 1) / 2 for j in range(len(picked_c))], [str(c) for c in picked_c],
                   fontsize=7)
     ax.set_yticks([i * (rows + 1) + (rows - 1) / 2 for i in range(len(picked_r))], [str(r) for r in picked_r],
@@ -370,4 +371,97 @@ def similarity_mosaic(similarity, grid: tuple[int, int], *, step: int = 1, ax: A
         ax.set_title(title, fontsize=10)
     if colorbar:
         fig.colorbar(image, ax=ax, shrink=0.8)
+    return fig
+
+
+# ------------------------------------------------------------------------------------ vision transformer
+
+
+def show_images(images, titles: Sequence[str] | None = None, *, ncols: int = 8, colors: Sequence[str] | None = None,
+                suptitle: str | None = None, panel_size: float = 1.3, cmap: str = "gray_r") -> Figure:
+    """Draw a batch of images (N, C, H, W) tensor (C = 1 or 3; values in [0, 1]) in a grid, one title each.
+
+    Single-channel images use `cmap` (ink dark on light by default); `colors` colours each title (say red for a
+    wrong prediction).
+    """
+    x = to_numpy(images)
+    if x.ndim != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"show_images wants images of shape (N, 1 or 3, H, W), got {x.shape}")
+    n = x.shape[0]
+    ncols = min(ncols, n)
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(panel_size * ncols, (panel_size + 0.25) * nrows + 0.3),
+                             layout="constrained", squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.set_axis_off()
+        if i >= n:
+            continue
+        if x.shape[1] == 1:
+            ax.imshow(x[i, 0], cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+        else:
+            ax.imshow(np.clip(x[i].transpose(1, 2, 0), 0, 1), interpolation="nearest")
+        if titles is not None:
+            ax.set_title(titles[i], fontsize=8, color=colors[i] if colors is not None else "black")
+    if suptitle:
+        fig.suptitle(suptitle)
+    return fig
+
+
+def attention_distance_plot(distances, *, ax: Axes | None = None, title: str | None = None,
+                            references: Mapping[str, float] | None = None, label: str | None = None,
+                            color: str = "tab:blue", ylabel: str = "mean attention distance (pixels)") -> Figure:
+    """One dot per head at each layer (x: layer 1..L, y: distance), as in the ViT paper's Figure 7 (right).
+
+    `distances` is (layers, heads), e.g. `vitlab.vit.mean_attention_distance(...)`. `references` draws labelled
+    horizontal lines (such as the distance of uniform attention). Dots of a layer are spread a little sideways.
+    """
+    d = to_numpy(distances)
+    if d.ndim != 2:
+        raise ValueError(f"attention_distance_plot wants a (layers, heads) array, got shape {d.shape}")
+    fig, ax = _axes(ax, (5.0, 3.6))
+    layers, heads = d.shape
+    offsets = np.linspace(-0.15, 0.15, heads) if heads > 1 else np.zeros(1)
+    x = np.arange(1, layers + 1)[:, None] + offsets[None, :]
+    ax.scatter(x.ravel(), d.ravel(), s=22, color=color, alpha=0.8, label=label)
+    for i, (name, value) in enumerate((references or {}).items()):
+        ax.axhline(value, color="gray", ls=["--", ":", "-."][i % 3], lw=1, label=name)
+    ax.set_xticks(range(1, layers + 1))
+    ax.set_xlabel("layer (network depth)")
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(bottom=0)
+    if title:
+        ax.set_title(title)
+    if label or references:
+        ax.legend(fontsize=8)
+    ax.grid(True, alpha=0.3)
+    return fig
+
+
+def stacked_bars(rows: Mapping[str, Mapping[str, float]], *, ax: Axes | None = None, title: str | None = None,
+                 normalise: bool = True, xlabel: str | None = None) -> Figure:
+    """Horizontal stacked bars: one bar per row (e.g. a model), split into its parts (e.g. parameter groups).
+
+    `rows` maps a bar's label to {part: amount}; every bar lists the same parts in the same order. With
+    `normalise` each bar is shown as fractions of its total, and parts of at least 4% carry their percentage.
+    """
+    names = list(rows)
+    parts = list(next(iter(rows.values())))
+    values = np.array([[float(rows[n][p]) for p in parts] for n in names])
+    if normalise:
+        values = values / values.sum(axis=1, keepdims=True)
+    fig, ax = _axes(ax, (8.0, 0.55 * len(names) + 1.4))
+    left = np.zeros(len(names))
+    for j, part in enumerate(parts):
+        bars = ax.barh(names, values[:, j], left=left, label=part)
+        if normalise:
+            for bar, v in zip(bars, values[:, j]):
+                if v >= 0.04:
+                    ax.text(bar.get_x() + bar.get_width() / 2, bar.get_y() + bar.get_height() / 2, f"{v:.0%}",
+                            ha="center", va="center", fontsize=7, color="white")
+        left += values[:, j]
+    ax.invert_yaxis()
+    ax.set_xlabel(xlabel or ("fraction of the total" if normalise else ""))
+    ax.legend(fontsize=8, ncols=min(len(parts), 6), loc="upper center", bbox_to_anchor=(0.5, -0.25))
+    if title:
+        ax.set_title(title)
     return fig
