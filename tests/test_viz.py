@@ -345,3 +345,85 @@ def test_position_explorer_maps_clamps_and_resamples_a_learned_table():
 
     assert base64.b64decode(bundle["image/png"])[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(explorer.figure().axes) == 3  # the map, its colour bar and the distance plot
+
+
+# ---------------------------------------------------------------------------------------- the ViT (04_vit)
+
+
+def test_show_images_one_panel_per_image_with_coloured_titles():
+    grey = torch.rand(5, 1, 8, 8)
+    fig = viz.show_images(grey, [f"t{i}" for i in range(5)], ncols=3, colors=["red"] * 5, suptitle="s")
+    shown = [ax for ax in fig.axes if ax.images]
+    assert len(fig.axes) == 6 and len(shown) == 5  # a 2 x 3 grid, the last cell empty
+    np.testing.assert_allclose(shown[2].images[0].get_array(), grey[2, 0].numpy(), rtol=1e-6)
+    assert shown[4].get_title() == "t4" and shown[4].title.get_color() == "red"
+    rgb = torch.rand(2, 3, 4, 4)
+    fig = viz.show_images(rgb)
+    np.testing.assert_allclose(fig.axes[1].images[0].get_array(), rgb[1].permute(1, 2, 0).numpy(), rtol=1e-6)
+    with pytest.raises(ValueError):
+        viz.show_images(torch.rand(2, 2, 4, 4))
+
+
+def test_attention_distance_plot_one_dot_per_head_at_its_layer_and_reference_lines():
+    d = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    fig = viz.attention_distance_plot(d, references={"uniform": 7.5, "local": 0.5}, label="trained")
+    ax = fig.axes[0]
+    dots = ax.collections[0].get_offsets()
+    assert dots.shape == (6, 2)
+    np.testing.assert_allclose(np.sort(dots[:, 1]), d.flatten().numpy())
+    np.testing.assert_allclose(np.round(dots[:, 0]), [1, 1, 1, 2, 2, 2])  # spread sideways around the layer
+    assert [line.get_ydata()[0] for line in ax.lines] == [7.5, 0.5]
+    assert ax.get_ylim()[0] == 0 and ax.get_ylim()[1] >= 7.5
+    viz.attention_distance_plot(d * 3, ax=ax)  # a second call on the same axes still shows all its dots
+    assert ax.get_ylim()[1] >= 18
+
+
+def test_stacked_bars_fractions_add_up_to_one_per_row():
+    rows = {"a": {"x": 1, "y": 3}, "b": {"x": 5, "y": 5}}
+    fig = viz.stacked_bars(rows)
+    ax = fig.axes[0]
+    widths = [p.get_width() for p in ax.patches]  # part by part: x of a, x of b, y of a, y of b
+    np.testing.assert_allclose(widths, [0.25, 0.5, 0.75, 0.5])
+    assert sorted(t.get_text() for t in ax.texts) == ["25%", "50%", "50%", "75%"]
+    raw = viz.stacked_bars(rows, normalise=False).axes[0]
+    np.testing.assert_allclose([p.get_width() for p in raw.patches], [1, 5, 3, 5])
+
+
+def test_grey_rgb_draws_ink_dark_and_colour_by_luminance():
+    ink = torch.tensor([[[0.0, 1.0]]])
+    np.testing.assert_allclose(widgets.grey_rgb(ink), [[[1, 1, 1], [0, 0, 0]]])
+    colour = torch.tensor([1.0, 0.0, 0.0])[:, None, None].expand(3, 2, 2)
+    np.testing.assert_allclose(widgets.grey_rgb(colour), np.full((2, 2, 3), 0.299), rtol=1e-6)
+
+
+def test_attention_map_viewer_shows_the_model_maps_and_their_rollout():
+    from vitlab import vit
+
+    torch.manual_seed(0)
+    model = vit.VisionTransformer(img_size=8, patch_size=4, in_chans=1, num_classes=3, embed_dim=16, depth=2,
+                                  num_heads=2).train()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("qkv.weight"):
+                p.normal_(0, 0.5)  # sharper attention than at initialisation
+    images = torch.rand(3, 1, 8, 8)
+    viewer = widgets.AttentionMapViewer(model, images, image=1, layer=2, head=1, query=3)
+    assert model.training  # the viewer puts the model back as it found it
+    with torch.no_grad():
+        maps = model.eval().get_attention_maps(images)
+    torch.testing.assert_close(viewer.matrix(), maps[1][1, 1])
+    assert viewer.distances.shape == (2, 2)
+    redraws = []
+    viewer.out.observe(lambda change: redraws.append(change), names="outputs")
+    viewer.layer.value = 1
+    viewer.rollout.value = True  # rollout of layer 1 alone: heads averaged, identity added, rows renormalised
+    a = maps[0][1].mean(0) + torch.eye(5)
+    torch.testing.assert_close(viewer.matrix(), a / a.sum(-1, keepdim=True))
+    assert len(redraws) == 2
+    assert (viewer.query.max, viewer.head.max, viewer.image.max) == (4, 1, 2)
+    import base64
+
+    bundle = viewer._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+    assert base64.b64decode(bundle["image/png"])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(viewer.figure().axes) == 3

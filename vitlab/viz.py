@@ -428,7 +428,8 @@ def attention_distance_plot(distances, *, ax: Axes | None = None, title: str | N
     ax.set_xticks(range(1, layers + 1))
     ax.set_xlabel("layer (network depth)")
     ax.set_ylabel(ylabel)
-    ax.set_ylim(bottom=0)
+    top = max([float(np.nanmax(d)), *[float(v) for v in (references or {}).values()]])
+    ax.set_ylim(0, max(ax.get_ylim()[1], 1.1 * top))  # room for earlier calls on the same axes, and for this one
     if title:
         ax.set_title(title)
     if label or references:

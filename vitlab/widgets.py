@@ -413,3 +413,116 @@ class PositionSimilarityExplorer(W.VBox):
         bundle = super()._repr_mimebundle_(**kwargs) or {}
         bundle["image/png"] = self._png
         return bundle
+
+
+def grey_rgb(image: torch.Tensor) -> np.ndarray:
+    """An image (C, H, W) in [0, 1] as a grey (H, W, 3) array, so that a coloured overlay stands out on it.
+
+    One channel is drawn as dark ink on white; three channels by their luminance (0.299 R + 0.587 G + 0.114 B).
+    """
+    x = image.detach().float().cpu()
+    if x.shape[0] == 1:
+        grey = 1 - x[0]
+    else:
+        grey = (torch.tensor([0.299, 0.587, 0.114])[:, None, None] * x[:3]).sum(0)
+    return grey.clamp(0, 1)[..., None].expand(-1, -1, 3).numpy()
+
+
+class AttentionMapViewer(W.VBox):
+    """What one token of a trained ViT attends to: sliders for the image, layer, head and query token.
+
+    `model` is a `vitlab.vit.VisionTransformer` (or anything with its `get_attention_maps`, `grid_size`,
+    `patch_size` and `num_prefix_tokens`); its attention maps are computed once, without gradients, for `images`
+    (B, C, H, W). Left: the image, in grey, with the query's attention over the patches (query 0 is the CLS
+    token, query 1 + i is patch i, framed in blue). Middle: the whole (T, T) matrix, the query's row framed in
+    red. Right: the mean attention distance of every head at every layer over all the images, the chosen head in
+    red. Ticking "rollout" shows the attention rollout of layers 1 to the chosen one instead of a single head.
+    """
+
+    def __init__(self, model, images: torch.Tensor, titles=None, image: int = 0, layer: int | None = None,
+                 head: int = 0, query: int = 0):
+        from vitlab import vit
+
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            device = next(model.parameters()).device
+            self.maps = torch.stack(model.get_attention_maps(images.to(device))).float().cpu()  # (L, B, H, T, T)
+        model.train(was_training)
+        self.images = images.cpu()
+        self.titles = list(titles) if titles is not None else [f"image {i}" for i in range(len(images))]
+        self.prefix = model.num_prefix_tokens
+        self.grid = tuple(model.grid_size)
+        self.distances = vit.mean_attention_distance(self.maps, self.grid, model.patch_size, self.prefix)
+        n_layers, n_images, n_heads, n_tokens, _ = self.maps.shape
+        opts = dict(continuous_update=False)
+        self.image = W.IntSlider(value=image, min=0, max=n_images - 1, description="image", **opts)
+        self.layer = W.IntSlider(value=n_layers if layer is None else layer, min=1, max=n_layers,
+                                 description="layer", **opts)
+        self.head = W.IntSlider(value=head, min=0, max=n_heads - 1, description="head", **opts)
+        self.query = W.IntSlider(value=query, min=0, max=n_tokens - 1, description="query token", **opts)
+        self.rollout = W.Checkbox(value=False, description="rollout of layers 1..layer (heads averaged)")
+        self.out = W.Output()
+        for control in (self.image, self.layer, self.head, self.query, self.rollout):
+            control.observe(self._redraw, names="value")
+        super().__init__([W.HBox([self.image, self.layer, self.head]), W.HBox([self.query, self.rollout]),
+                          self.out])
+        self._redraw()
+
+    def matrix(self) -> torch.Tensor:
+        """The (T, T) matrix on show: one head of one layer for the current image, or the rollout."""
+        from vitlab import vit
+
+        b, layer = self.image.value, self.layer.value
+        if self.rollout.value:
+            return vit.attention_rollout(self.maps[:layer, b:b + 1])[0]
+        return self.maps[layer - 1, b, self.head.value]
+
+    def figure(self) -> Figure:
+        """The current state as a static figure (three panels)."""
+        from matplotlib.patches import Rectangle
+
+        a = self.matrix()
+        q, p, cols = self.query.value, self.prefix, self.grid[1]
+        patch = q - p if q >= p else None
+        where = "the CLS token" if patch is None else f"patch {patch} (row {patch // cols}, col {patch % cols})"
+        what = (f"rollout of layers 1-{self.layer.value}" if self.rollout.value
+                else f"layer {self.layer.value}, head {self.head.value}")
+        fig = Figure(figsize=(13.5, 4.3))
+        ax_img, ax_mat, ax_dist = fig.subplots(1, 3, width_ratios=[1, 1, 1.2])
+        fig.subplots_adjust(left=0.03, right=0.98, bottom=0.14, top=0.84, wspace=0.3)
+        viz.patch_weights_overlay(grey_rgb(self.images[self.image.value]), a[q, p:], self.grid, query=patch,
+                                  ax=ax_img, title=f"{self.titles[self.image.value]}; query: {where}")
+        if p:
+            ax_img.set_xlabel(f"weight on the CLS token: {float(a[q, :p].sum()):.2f}", fontsize=9)
+        ax_mat.imshow(viz.to_numpy(a), cmap="viridis", vmin=0, interpolation="nearest")
+        ax_mat.add_patch(Rectangle((-0.5, q - 0.5), a.shape[1], 1, fill=False, edgecolor="tab:red", lw=1.5))
+        ax_mat.set_title(f"all {a.shape[0]} queries (rows) over all keys", fontsize=10)
+        ax_mat.set_xlabel("key token (0 = CLS)")
+        ax_mat.set_ylabel("query token")
+        viz.attention_distance_plot(self.distances, ax=ax_dist, title="mean attention distance, every head")
+        if not self.rollout.value:
+            heads = self.distances.shape[1]
+            offset = np.linspace(-0.15, 0.15, heads)[self.head.value] if heads > 1 else 0.0
+            ax_dist.scatter([self.layer.value + offset], [float(self.distances[self.layer.value - 1, self.head.value])],
+                            s=80, color="tab:red", zorder=3, label="this head")
+            ax_dist.legend(fontsize=8)
+        fig.suptitle(what, fontsize=12)
+        return fig
+
+    def png(self) -> bytes:
+        """The current figure as PNG bytes."""
+        buf = io.BytesIO()
+        self.figure().savefig(buf, format="png", dpi=80)
+        return buf.getvalue()
+
+    def _redraw(self, change=None) -> None:
+        # As in AttentionExplorer: set the Output widget's `outputs`, which works live and never stalls a headless run.
+        self._png = base64.b64encode(self.png()).decode("ascii")
+        self.out.outputs = ({"output_type": "display_data", "metadata": {},
+                             "data": {"image/png": self._png, "text/plain": "<attention map viewer figure>"}},)
+
+    def _repr_mimebundle_(self, **kwargs):
+        bundle = super()._repr_mimebundle_(**kwargs) or {}
+        bundle["image/png"] = self._png
+        return bundle
