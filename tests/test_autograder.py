@@ -1,19 +1,15 @@
-"""`python -m autograder grade` end to end on 01_attention, with submissions built as a learner would make them.
-
-Each submission starts from the learner copy (chapters/, where the hidden tests are already gone) and pastes
-the instructor's code into its solution cells, with one line replaced per typical mistake. One grading run
-covers every case, and two broken student folders, so the whole file costs a single autograde.
+"""`python -m autograder grade` end to end on 01_attention, with submissions built as a learner would make them
+(tests/grading.py), and the instructor CLI's other commands and errors. One grading run covers every case and two
+broken student folders, so the whole file costs a single autograde.
 """
 from __future__ import annotations
 
-import copy
-import csv
-import html
-import re
 from pathlib import Path
 
 import nbformat
 import pytest
+from grading import (assert_mistakes_scored_and_named, assert_no_hidden_code, assert_untouched_zero_solution_full,
+                     chapter_notebooks, grade, html_text, points)
 
 CHAPTER = "01_attention"
 
@@ -37,106 +33,42 @@ RETURNS_STD = ("score_variance",
                "    return scores.var().item()",
                "    return scores.std().item()")
 
-# student -> (mistakes, {graded check that scores zero: what its feedback says})
+# student -> (mistakes, {graded check that scores zero: what its feedback says}, knock-ons)
 SUBMISSIONS = {
-    "solution": ([], {}),
+    "solution": ([], {}, set()),
     # the solution's MultiHeadAttention calls torch's fused attention, so a mistake in exercise 1 costs nothing there
     "mistakes_a": ([NO_SCALE, SOFTMAX_OVER_QUERIES, RETURNS_STD], {
         "sdpa": "forgot the 1/sqrt(d_k) scale",
         "additive": "took the softmax over the queries instead of the keys",
         "score_variance": "returned the standard deviation",
-    }),
+    }, set()),
     "mistakes_b": ([CALLS_BUILTIN, NO_PERMUTE, NO_NORMALISER], {
         "sdpa": "calls torch's F.scaled_dot_product_attention, the very thing this exercise asks you to write",
         "multi_head": "without a permute",
         "linear": "forgot the normaliser",
-    }),
+    }, set()),
 }
-HIDDEN = re.compile(r"### BEGIN HIDDEN TESTS\n(.*?)### END HIDDEN TESTS", re.S)
-
-
-def nbgrader_meta(cell) -> dict:
-    return cell.metadata.get("nbgrader", {})
-
-
-def without_markers(source: str) -> str:
-    markers = ("### BEGIN SOLUTION", "### END SOLUTION")
-    return "\n".join(line for line in source.splitlines() if line.strip() not in markers)
-
-
-def learner_submission(release, solution, mistakes) -> nbformat.NotebookNode:
-    """The learner copy with the instructor's code pasted into its solution cells, `mistakes` applied."""
-    answers = {nbgrader_meta(c)["grade_id"]: without_markers(c.source)
-               for c in solution.cells if nbgrader_meta(c).get("solution")}
-    nb = copy.deepcopy(release)
-    for cell in nb.cells:
-        if nbgrader_meta(cell).get("solution"):
-            cell.source = answers[nbgrader_meta(cell)["grade_id"]]
-    for name, line, wrong in mistakes:
-        cell = solution_cell(nb, name)
-        lines = cell.source.split("\n")
-        assert lines.count(line) == 1, f"the solution of {name} no longer has the line {line!r}: update this test"
-        lines[lines.index(line)] = wrong
-        cell.source = "\n".join(lines)
-    return nb
-
-
-def solution_cell(nb, name: str):
-    """The solution cell that defines the function or class `name`."""
-    defines = re.compile(rf"^(def|class) {name}\b", re.M)
-    cells = [c for c in nb.cells if nbgrader_meta(c).get("solution") and defines.search(c.source)]
-    assert len(cells) == 1, f"no single solution cell defines {name}"
-    return cells[0]
-
-
-def checks_of(solution) -> dict[str, list[str]]:
-    """Graded cells by the check_attention function their hidden tests call: {"sdpa": [grade_id, ...], ...}."""
-    found: dict[str, list[str]] = {}
-    for cell in solution.cells:
-        if nbgrader_meta(cell).get("grade"):
-            for check in sorted(set(re.findall(r"check_attention\.(\w+)\(", "".join(HIDDEN.findall(cell.source))))):
-                found.setdefault(check, []).append(nbgrader_meta(cell)["grade_id"])
-    return found
-
-
-def html_text(path: Path) -> str:
-    """What a reader of the feedback sees: the HTML without styles, scripts and tags."""
-    page = re.sub(r"<(style|script)\b.*?</\1>", "", path.read_text(encoding="utf-8"), flags=re.S)
-    return html.unescape(re.sub(r"<[^>]+>", "", page))
+MODULE = "check_attention"
 
 
 @pytest.fixture(scope="module")
 def notebooks(repo):
-    release = nbformat.read(repo / "chapters" / CHAPTER / f"{CHAPTER}.ipynb", as_version=4)
-    solution = nbformat.read(repo / "solutions" / CHAPTER / f"{CHAPTER}.ipynb", as_version=4)
-    return release, solution
+    return chapter_notebooks(repo, CHAPTER)
 
 
-@pytest.fixture(scope="module")
-def graded(tmp_path_factory, notebooks, autograder):
-    """One `grade` run over every submission, plus a notebook that is not JSON and a folder with no notebook."""
-    release, solution = notebooks
-    subs = tmp_path_factory.mktemp("submissions")
-    (subs / "untouched").mkdir()
-    nbformat.write(release, subs / "untouched" / f"{CHAPTER}.ipynb")
-    for student, (mistakes, _) in SUBMISSIONS.items():
-        (subs / student).mkdir()
-        nbformat.write(learner_submission(release, solution, mistakes), subs / student / "my attempt.ipynb")
+def broken_folders(subs: Path) -> None:
+    """A notebook that is not JSON, and a student folder with no notebook."""
     (subs / "garbled").mkdir()
     (subs / "garbled" / f"{CHAPTER}.ipynb").write_text('{"cells": [', encoding="utf-8")
     (subs / "nothing").mkdir()
     (subs / "nothing" / "notes.txt").write_text("forgot to attach it", encoding="utf-8")
-    out = tmp_path_factory.mktemp("graded")
-    done = autograder("grade", str(subs), "--chapter", CHAPTER, "--out", str(out))
-    assert (out / "grades.csv").exists(), done.stdout + done.stderr
-    with (out / "grades.csv").open(encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    return done, out, {row["student"]: row for row in rows}
 
 
-def points(solution) -> dict[str, float]:
-    graded = [nbgrader_meta(c) for c in solution.cells if nbgrader_meta(c).get("grade")]
-    return {meta["grade_id"]: float(meta["points"]) for meta in graded}
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory, notebooks, autograder):
+    """One `grade` run over every submission (saved under a name of the student's choosing) and two broken folders."""
+    return grade(autograder, tmp_path_factory, CHAPTER, *notebooks, SUBMISSIONS, extra=broken_folders,
+                 notebook_name="my attempt.ipynb")
 
 
 def test_grading_reports_bad_folders_in_one_line_and_grades_the_others(graded):
@@ -157,47 +89,17 @@ def test_csv_has_a_column_per_graded_cell_in_notebook_order(graded, notebooks):
 
 
 def test_untouched_release_scores_zero_and_solution_full_points(graded, notebooks):
-    _, _, grades = graded
-    full = points(notebooks[1])
-    for grade_id, p in full.items():
-        assert float(grades["untouched"][grade_id]) == 0
-        assert float(grades["solution"][grade_id]) == p, grade_id
-    assert float(grades["untouched"]["total"]) == 0
-    assert float(grades["solution"]["total"]) == float(grades["solution"]["max"]) == sum(full.values())
+    assert_untouched_zero_solution_full(graded[2], notebooks[1])
 
 
 @pytest.mark.parametrize("student", [s for s in SUBMISSIONS if s != "solution"])
-def test_a_mistake_scores_zero_on_its_exercise_only(graded, notebooks, student):
-    _, _, grades = graded
-    _, named = SUBMISSIONS[student]
-    checks = checks_of(notebooks[1])
-    failing = {grade_id for check in named for grade_id in checks[check]}
-    for grade_id, p in points(notebooks[1]).items():
-        assert float(grades[student][grade_id]) == (0 if grade_id in failing else p), grade_id
-    assert 0 < float(grades[student]["total"]) < float(grades[student]["max"])
-
-
-@pytest.mark.parametrize("student", [s for s in SUBMISSIONS if s != "solution"])
-def test_feedback_names_each_mistake(graded, student):
-    _, out, _ = graded
-    text = html_text(out / "feedback" / student / CHAPTER / f"{CHAPTER}.html")
-    for message in SUBMISSIONS[student][1].values():
-        assert message in text
+def test_a_mistake_scores_zero_on_its_exercise_only_and_is_named(graded, notebooks, student):
+    _, out, grades = graded
+    assert_mistakes_scored_and_named(out, grades, notebooks[1], MODULE, CHAPTER, student, SUBMISSIONS[student])
 
 
 def test_feedback_shows_no_hidden_test_code(graded, notebooks):
-    """Neither the hidden tests' markers nor any of their lines, nor a traceback quoting them."""
-    _, out, _ = graded
-    hidden = {line.strip() for cell in notebooks[1].cells for block in HIDDEN.findall(cell.source)
-              for line in block.splitlines() if line.strip()}
-    assert hidden
-    pages = sorted((out / "feedback").glob(f"*/{CHAPTER}/{CHAPTER}.html"))
-    assert len(pages) == 1 + len(SUBMISSIONS)
-    for page in pages:
-        text = html_text(page)
-        assert "HIDDEN TESTS" not in text and "graded=True" not in text, page
-        for line in hidden:
-            assert line not in text, f"{page} shows the hidden test line {line!r}"
+    assert_no_hidden_code(graded[1], CHAPTER, notebooks[1], 1 + len(SUBMISSIONS))
 
 
 def test_export_and_feedback_can_be_rerun(graded, tmp_path, autograder):
