@@ -46,7 +46,43 @@ def entropy(weights: torch.Tensor) -> float:
     return float(-(w * w.log()).sum())
 
 
-class AttentionExplorer(W.VBox):
+class FigureWidget(W.VBox):
+    """Controls above a matplotlib figure that is redrawn as a PNG on every change.
+
+    Subclasses create `self.out = W.Output()` and define `figure()`. `show()` puts the figure into the Output
+    widget through its `outputs` state (not `with self.out:`, which routes output by message id and can stall
+    headless executors such as nbclient), and the PNG also travels in the widget's own display bundle, so a
+    notebook run without a browser keeps a still picture.
+    """
+
+    out: W.Output
+
+    def figure(self) -> Figure:
+        raise NotImplementedError
+
+    def png(self) -> bytes:
+        """The current figure as PNG bytes."""
+        buf = io.BytesIO()
+        self.figure().savefig(buf, format="png", dpi=80)
+        return buf.getvalue()
+
+    def _redraw(self, change=None) -> None:
+        """The observer of every control: redraw."""
+        self.show()
+
+    def show(self) -> None:
+        """Redraw the figure into the Output widget and the display bundle."""
+        self._png = base64.b64encode(self.png()).decode("ascii")
+        self.out.outputs = ({"output_type": "display_data", "metadata": {},
+                             "data": {"image/png": self._png, "text/plain": f"<{type(self).__name__} figure>"}},)
+
+    def _repr_mimebundle_(self, **kwargs):
+        bundle = super()._repr_mimebundle_(**kwargs) or {}
+        bundle["image/png"] = self._png
+        return bundle
+
+
+class AttentionExplorer(FigureWidget):
     """Attention of one image patch over all patches of a photo, with a temperature slider and a query picker.
 
     Queries and keys are the patches' own (standardised) pixel features, with no learned projection, so a
@@ -110,24 +146,6 @@ class AttentionExplorer(W.VBox):
         ax_h.legend(fontsize=8)
         return fig
 
-    def png(self) -> bytes:
-        """The current figure as PNG bytes."""
-        buf = io.BytesIO()
-        self.figure().savefig(buf, format="png", dpi=80)
-        return buf.getvalue()
-
-    def _redraw(self, change=None) -> None:
-        # Replace the Output widget's content through its `outputs` state rather than `with self.out:`, which
-        # routes output by message id and can stall headless executors (nbclient) waiting for the cell to end.
-        self._png = base64.b64encode(self.png()).decode("ascii")
-        self.out.outputs = ({"output_type": "display_data", "metadata": {},
-                             "data": {"image/png": self._png, "text/plain": "<attention explorer figure>"}},)
-
-    def _repr_mimebundle_(self, **kwargs):
-        bundle = super()._repr_mimebundle_(**kwargs) or {}
-        bundle["image/png"] = self._png
-        return bundle
-
 
 # ------------------------------------------------------------------------------------ patch-size explorer
 
@@ -166,7 +184,7 @@ def _size(n_bytes: float) -> str:
     return f"{n_bytes:.4g} TiB"
 
 
-class PatchSizeExplorer(W.VBox):
+class PatchSizeExplorer(FigureWidget):
     """Cut a photo into patches and see what it costs: grid overlay, the first tokens, tokens and attention size.
 
     Sliders choose the patch size and (unticking "no overlap") the stride; drop-downs the photo and the side it
@@ -259,22 +277,9 @@ class PatchSizeExplorer(W.VBox):
             ax_strip.axis("off")
         return fig
 
-    def png(self) -> bytes:
-        """The current figure as PNG bytes."""
-        buf = io.BytesIO()
-        self.figure().savefig(buf, format="png", dpi=80)
-        return buf.getvalue()
-
     def _redraw(self, change=None) -> None:
         self.stride.disabled = self.no_overlap.value
-        self._png = base64.b64encode(self.png()).decode("ascii")
-        self.out.outputs = ({"output_type": "display_data", "metadata": {},
-                             "data": {"image/png": self._png, "text/plain": "<patch-size explorer figure>"}},)
-
-    def _repr_mimebundle_(self, **kwargs):
-        bundle = super()._repr_mimebundle_(**kwargs) or {}
-        bundle["image/png"] = self._png
-        return bundle
+        self.show()
 
 
 # ------------------------------------------------------------------------------ position-similarity explorer
@@ -308,7 +313,7 @@ def position_similarity(kind: str, side: int, dim: int = 64, temperature: float 
     return table @ table.T
 
 
-class PositionSimilarityExplorer(W.VBox):
+class PositionSimilarityExplorer(FigureWidget):
     """Pick a patch with two sliders and see how similar its position code is to every other patch's.
 
     Encodings: the 2-D sin-cos table (MAE), a 1-D sin-cos table over the flattened index (what a 1-D
@@ -390,12 +395,6 @@ class PositionSimilarityExplorer(W.VBox):
         ax_dist.set_title("one dot per patch: does similarity follow distance?", fontsize=10)
         return fig
 
-    def png(self) -> bytes:
-        """The current figure as PNG bytes."""
-        buf = io.BytesIO()
-        self.figure().savefig(buf, format="png", dpi=80)
-        return buf.getvalue()
-
     def _resize(self, change=None) -> None:
         self._quiet = True  # lowering a slider's max may move its value: redraw once, afterwards
         self.row.max = self.col.max = self.side.value - 1
@@ -405,14 +404,7 @@ class PositionSimilarityExplorer(W.VBox):
     def _redraw(self, change=None) -> None:
         if self._quiet:
             return
-        self._png = base64.b64encode(self.png()).decode("ascii")
-        self.out.outputs = ({"output_type": "display_data", "metadata": {},
-                             "data": {"image/png": self._png, "text/plain": "<position-similarity explorer figure>"}},)
-
-    def _repr_mimebundle_(self, **kwargs):
-        bundle = super()._repr_mimebundle_(**kwargs) or {}
-        bundle["image/png"] = self._png
-        return bundle
+        self.show()
 
 
 def grey_rgb(image: torch.Tensor) -> np.ndarray:
@@ -428,7 +420,7 @@ def grey_rgb(image: torch.Tensor) -> np.ndarray:
     return grey.clamp(0, 1)[..., None].expand(-1, -1, 3).numpy()
 
 
-class AttentionMapViewer(W.VBox):
+class AttentionMapViewer(FigureWidget):
     """What one token of a trained ViT attends to: sliders for the image, layer, head and query token.
 
     `model` is a `vitlab.vit.VisionTransformer` (or anything with its `get_attention_maps`, `grid_size`,
@@ -510,19 +502,4 @@ class AttentionMapViewer(W.VBox):
         fig.suptitle(what, fontsize=12)
         return fig
 
-    def png(self) -> bytes:
-        """The current figure as PNG bytes."""
-        buf = io.BytesIO()
-        self.figure().savefig(buf, format="png", dpi=80)
-        return buf.getvalue()
 
-    def _redraw(self, change=None) -> None:
-        # As in AttentionExplorer: set the Output widget's `outputs`, which works live and never stalls a headless run.
-        self._png = base64.b64encode(self.png()).decode("ascii")
-        self.out.outputs = ({"output_type": "display_data", "metadata": {},
-                             "data": {"image/png": self._png, "text/plain": "<attention map viewer figure>"}},)
-
-    def _repr_mimebundle_(self, **kwargs):
-        bundle = super()._repr_mimebundle_(**kwargs) or {}
-        bundle["image/png"] = self._png
-        return bundle
