@@ -1,27 +1,37 @@
 """The instructor's command line over nbgrader: release, grade, feedback, export.
 
     python -m autograder release [CHAPTER ...]
-    python -m autograder grade SUBMISSIONS --chapter NAME [--out DIR]
-    python -m autograder feedback DIR --chapter NAME
-    python -m autograder export DIR --chapter NAME [--csv PATH]
+    python -m autograder grade (SUBMISSIONS | --exchange) [--chapter NAME ...] [--out DIR] [--workers N]
+                               [--student ID ...] [--force] [--no-sandbox] [--cell-timeout S] [--notebook-timeout S]
+    python -m autograder feedback DIR [--chapter NAME ...]
+    python -m autograder export DIR [--chapter NAME ...] [--csv PATH]
 
 `release` writes `chapters/` from `solutions/` in this repository. The other commands work in a grading
 folder DIR that is an nbgrader course of its own (its `solutions/`, `submitted/`, `autograded/`,
-`feedback/`, `gradebook.db`, and `nbgrader.log` with nbgrader's output), so grading never writes into the
-repository.
+`feedback/`, `gradebook.db`, `flags/`, and `nbgrader.log` with nbgrader's output), so grading never writes
+into the repository. Grading again in the same DIR skips what was graded and not resubmitted since.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import os
+import queue
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
 from pathlib import Path
+
+import nbformat
+from tqdm import tqdm
+
+from autograder import integrity, intake, report, sandbox
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = Path(__file__).resolve().with_name("nbgrader_config.py")
@@ -35,19 +45,25 @@ class Problem(Exception):
 # ------------------------------------------------------------------------------------------- nbgrader
 
 
-def nbgrader(course: Path, *args: str) -> subprocess.CompletedProcess:
+def db_url(course: Path) -> str:
+    """The grading folder's gradebook; parallel graders wait up to two minutes for its lock."""
+    return f"sqlite:///{course / 'gradebook.db'}?timeout=120"
+
+
+def nbgrader(course: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run `nbgrader ARGS` on the course rooted at `course` with our config; output captured.
 
     The environment's bin/ goes first on PATH: nbgrader runs the `alembic` executable by name when it
     creates a gradebook. VITLAB_PROFILE is dropped so that graded notebooks run in the "grade" profile.
     """
-    env = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    env = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+               **(env or {}))
     env.pop("VITLAB_PROFILE", None)
     command = [
         sys.executable, "-m", "nbgrader", *args,
         f"--NbGrader.config_file={CONFIG.with_suffix('')}",
         f"--CourseDirectory.root={course}",
-        f"--CourseDirectory.db_url=sqlite:///{course / 'gradebook.db'}",
+        f"--CourseDirectory.db_url={db_url(course)}",
     ]
     return subprocess.run(command, cwd=course, env=env, capture_output=True, text=True)
 
@@ -85,10 +101,11 @@ def known(chapter: str, course: Path) -> str:
     return chapter
 
 
-def graded_cells(notebook: Path) -> list[str]:
-    """The grade_id of each graded cell, in notebook order."""
+def graded_cells(notebook: Path, every: bool = False) -> list[str]:
+    """The grade_id of each graded cell (of every nbgrader cell if `every`), in notebook order."""
     cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
-    return [c["metadata"]["nbgrader"]["grade_id"] for c in cells if c["metadata"].get("nbgrader", {}).get("grade")]
+    return [c["metadata"]["nbgrader"]["grade_id"] for c in cells
+            if c["metadata"].get("nbgrader", {}).get("grade" if not every else "grade_id")]
 
 
 def release(names: list[str]) -> None:
@@ -101,6 +118,17 @@ def release(names: list[str]) -> None:
 
 
 # ------------------------------------------------------------------------------------------ grading
+
+
+@dataclass
+class Options:
+    workers: int = os.cpu_count() or 1
+    force: bool = False
+    students: tuple[str, ...] = ()
+    sandboxed: bool = True
+    cell_timeout: int = 60
+    notebook_timeout: int = 900
+    limits: sandbox.Limits = sandbox.Limits()
 
 
 def folder(path: Path, what: str) -> Path:
@@ -117,104 +145,244 @@ def grading_folder(path: Path) -> Path:
     return path
 
 
-def submission_of(student: Path, chapter: str) -> Path:
-    """The student's notebook: the only *.ipynb in their folder (or, of several, the one named CHAPTER)."""
-    found = sorted(p for p in student.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
-    if len(found) > 1:
-        found = [p for p in found if p.stem == chapter] or found
-    if not found:
-        raise Problem(f"student {student.name}: no notebook (*.ipynb) in {student}")
-    if len(found) > 1:
-        raise Problem(f"student {student.name}: {len(found)} notebooks and none named {chapter}.ipynb in {student}")
-    try:
-        nb = json.loads(found[0].read_bytes())
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
-        raise Problem(f"student {student.name}: {found[0].name} is not JSON ({exc})") from None
-    if not isinstance(nb, dict) or not isinstance(nb.get("cells"), list):
-        raise Problem(f"student {student.name}: {found[0].name} is JSON but not a notebook (it has no cells)")
-    return found[0]
+def chapter_cells(course: Path) -> dict[str, set[str]]:
+    """{chapter: the grade_ids of its nbgrader cells}, from the course's instructor notebooks."""
+    return {name: set(graded_cells(course / "solutions" / name / f"{name}.ipynb", every=True))
+            for name in chapters(course)}
 
 
-def grade(submissions: Path, chapter: str, out: Path | None) -> int:
-    """Autograde every student's notebook, then write feedback and grades.csv. Exit code 2 if any was skipped."""
-    submissions = folder(submissions, "submissions folder")
-    chapter = known(chapter, ROOT)
-    students = sorted(p for p in submissions.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not students:
-        raise Problem(f"submissions folder {submissions} has no student folders")
-    course = Path(tempfile.mkdtemp(prefix=f"vitlab-{chapter}-")) if out is None else out.resolve()
-    print(f"grading {chapter} in {course}")
-    course.mkdir(parents=True, exist_ok=True)
-
+def set_up_chapter(course: Path, chapter: str) -> None:
+    """Copy the instructor notebook into the grading folder (hidden tests guarded) and generate its release."""
     source = course / "solutions" / chapter
+    nb = integrity.guard_hidden_tests(nbformat.read(ROOT / "solutions" / chapter / f"{chapter}.ipynb", as_version=4))
+    text = nbformat.writes(nb)
+    notebook = source / f"{chapter}.ipynb"
+    if notebook.exists() and notebook.read_text(encoding="utf-8") == text and \
+            (course / "chapters" / chapter / f"{chapter}.ipynb").exists():
+        return  # set up by an earlier run: its gradebook entries stay as they are
     shutil.rmtree(source, ignore_errors=True)
     shutil.copytree(ROOT / "solutions" / chapter, source, ignore=IGNORE)
+    notebook.write_text(text, encoding="utf-8")
     if not nbgrader_logged(course, "generate_assignment", chapter, "--force"):
         raise SystemExit(f"nbgrader generate_assignment {chapter} failed: see {course / 'nbgrader.log'}")
 
-    problems, graded = [], []
-    for student in students:
-        try:
-            notebook = submission_of(student, chapter)
-        except Problem as problem:
-            problems.append(f"{problem}: not graded")
-            continue
-        dest = course / "submitted" / student.name / chapter
-        shutil.rmtree(dest, ignore_errors=True)
-        dest.mkdir(parents=True)
-        shutil.copyfile(notebook, dest / f"{chapter}.ipynb")
-        graded.append(student.name)
+
+def fingerprint(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def record_path(course: Path, student: str, chapter: str) -> Path:
+    return course / "flags" / student / f"{chapter}.json"
+
+
+def read_record(course: Path, student: str, chapter: str) -> dict:
+    path = record_path(course, student, chapter)
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+
+def stage(course: Path, sub: intake.Submission) -> tuple[list[str], int | None, list[str]]:
+    """Write the submission, rebuilt on its release, where nbgrader looks for it.
+
+    Returns (flags, index of the first tampering cell or None, what that cell does)."""
+    release = nbformat.read(course / "chapters" / sub.chapter / f"{sub.chapter}.ipynb", as_version=4)
+    rebuilt, flags = integrity.restore(json.loads(sub.notebook.read_bytes()), release)
+    dest = course / "submitted" / sub.student / sub.chapter
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    nbformat.write(rebuilt, dest / f"{sub.chapter}.ipynb")
+    first, found = integrity.tampering(rebuilt)
+    return flags, first, found
+
+
+def autograde_one(course: Path, sub: intake.Submission, slot: int, options: Options) -> tuple[bool, str]:
+    """Run `nbgrader autograde` for one student and chapter (in the sandbox); (succeeded, its output)."""
+    args = ["autograde", sub.chapter, f"--student={sub.student}", "--force",
+            f"--Execute.timeout={options.cell_timeout}",
+            f"--GuardedExecute.notebook_timeout={options.notebook_timeout}"]
+    env = {}
+    if options.sandboxed:
+        settings = sandbox.prepare(course, sub.student, sub.chapter, slot, options.limits)
+        env = {k: v for k, v in settings.items() if not k.startswith("--")}
+        args += [f"{k}={v}" for k, v in settings.items() if k.startswith("--")]
+    start = time.monotonic()
+    done = nbgrader(course, *args, env=env)
+    if options.sandboxed:
+        sandbox.kill_leftovers(slot)
+        shutil.rmtree(course / ".sandbox" / f"{sub.student}-{sub.chapter}", ignore_errors=True)
+    log = (f"$ nbgrader {' '.join(args)}  (exit code {done.returncode}, {time.monotonic() - start:.0f} s)\n"
+           f"{done.stdout}{done.stderr}\n")
+    ok = done.returncode == 0 and (course / "autograded" / sub.student / sub.chapter / f"{sub.chapter}.ipynb").exists()
+    return ok, log
+
+
+def zero_from(course: Path, sub: intake.Submission, grade_ids: list[str]) -> None:
+    """Score these graded cells zero (as a manual grade, which the formgrader shows and can change)."""
+    from nbgrader.api import Gradebook
+
+    with Gradebook(db_url(course)) as gb:
+        for grade_id in grade_ids:
+            grade = gb.find_grade(grade_id, sub.chapter, sub.chapter, sub.student)
+            grade.manual_score = 0.0
+        gb.db.commit()
+
+
+def finish_one(course: Path, sub: intake.Submission, flags: list[str], tamper: tuple[int | None, list[str]]) -> list[str]:
+    """Flags from the executed notebook; zero for tampered and reference-calling cells. Returns all flags."""
+    graded = nbformat.read(course / "autograded" / sub.student / sub.chapter / f"{sub.chapter}.ipynb", as_version=4)
+    flags = flags + integrity.from_outputs(graded)
+    first, found = tamper
+    if first is not None:
+        flags.append(f"patches:{'; '.join(found)}")
+        zero_from(course, sub, integrity.graded_after(graded, first))
+    calls = [f.split(":", 1)[1] for f in flags if f.startswith(("calls-reference:", "tampering:"))]
+    if calls:
+        zero_from(course, sub, calls)
+    return list(dict.fromkeys(flags))
+
+
+def grade(submissions: Path | None, wanted: list[str], out: Path | None, options: Options) -> int:
+    """Autograde every submission found (in parallel, sandboxed), then write feedback, grades.csv and a
+    summary. Exit code 2 if anything could not be graded."""
+    wanted = [known(name, ROOT) for name in wanted]
+    if options.sandboxed and sandbox.missing():
+        raise Problem(f"the kernel sandbox cannot run: {sandbox.missing()}. Install it, or pass --no-sandbox "
+                      "to grade without it (learners' code then runs with your permissions)")
+    course = Path(tempfile.mkdtemp(prefix="vitlab-grading-")) if out is None else out.resolve()
+    course.mkdir(parents=True, exist_ok=True)
+    print(f"grading in {course}")
+    if submissions is None:  # the nbgrader exchange
+        if not wanted:
+            raise Problem("--exchange needs --chapter: which assignments to collect")
+        for chapter in wanted:
+            set_up_chapter(course, chapter)
+            nbgrader_logged(course, "collect", chapter, "--update",
+                            "--CourseDirectory.submitted_directory=collected")
+        submissions = course / "collected"
+        submissions.mkdir(exist_ok=True)
+    submissions = folder(submissions, "submissions folder")
+    staging = Path(tempfile.mkdtemp(prefix="unpacked-", dir=course))
+    found, problems = intake.intake(submissions, staging, chapter_cells(ROOT), wanted)
+    if options.students:
+        found = [s for s in found if s.student in options.students]
+        missing = sorted(set(options.students) - {s.student for s in found})
+        problems += [f"student {name}: no submission found" for name in missing]
     for line in problems:
         print(f"error: {line}", file=sys.stderr)
-    if not graded:
+    if not found:
+        if not problems:
+            raise Problem(f"submissions folder {submissions} has no student submissions")
         return 2
+    for chapter in sorted({s.chapter for s in found}):
+        set_up_chapter(course, chapter)
 
-    print(f"autograding {len(graded)} submission{'s' * (len(graded) != 1)} "
-          f"(nbgrader's output: {course / 'nbgrader.log'})")
-    nbgrader_logged(course, "autograde", chapter, "--force")
-    for name in graded:
-        if not (course / "autograded" / name / chapter / f"{chapter}.ipynb").exists():
-            problems.append(f"student {name}: nbgrader could not grade the notebook (see {course / 'nbgrader.log'})")
+    todo, tampers, flags_of = [], {}, {}
+    for sub in found:
+        digest = fingerprint(sub.notebook)
+        record = read_record(course, sub.student, sub.chapter)
+        if not options.force and record.get("fingerprint") == digest and record.get("graded"):
+            continue  # graded by an earlier run and not resubmitted since
+        flags, first, what = stage(course, sub)
+        flags_of[sub.student, sub.chapter] = flags
+        tampers[sub.student, sub.chapter] = (first, what)
+        write_record(course, sub, {"fingerprint": digest, "graded": False, "flags": flags})
+        todo.append(sub)
+    skipped = len(found) - len(todo)
+    print(f"autograding {len(todo)} submission{'s' * (len(todo) != 1)} with {options.workers} "
+          f"worker{'s' * (options.workers != 1)}{f' ({skipped} already graded: --force to redo)' if skipped else ''}"
+          f"{'' if options.sandboxed else ', WITHOUT the sandbox'}")
+    slots: queue.Queue[int] = queue.Queue()
+    for slot in range(options.workers):
+        slots.put(slot)
+
+    def run(sub: intake.Submission) -> tuple[bool, str]:
+        slot = slots.get()
+        try:
+            return autograde_one(course, sub, slot, options)
+        finally:
+            slots.put(slot)
+
+    with ThreadPoolExecutor(max_workers=options.workers) as pool, \
+            tqdm(total=len(todo), unit="notebook", desc="autograding", file=sys.stderr,
+                 disable=not todo) as bar:
+        futures = {pool.submit(run, sub): sub for sub in todo}
+        for future in as_completed(futures):
+            sub = futures[future]
+            ok, log = future.result()
+            with (course / "nbgrader.log").open("a", encoding="utf-8") as f:
+                f.write(log)
+            if ok:
+                flags = finish_one(course, sub, flags_of[sub.student, sub.chapter], tampers[sub.student, sub.chapter])
+                write_record(course, sub, {"fingerprint": fingerprint(sub.notebook), "graded": True, "flags": flags})
+            else:
+                problems.append(f"student {sub.student}: nbgrader could not grade {sub.chapter} "
+                                f"(see {course / 'nbgrader.log'})")
+                print(f"error: {problems[-1]}", file=sys.stderr)
+            bar.update()
+
+    graded_chapters = sorted({s.chapter for s in found})
+    for chapter in graded_chapters:
+        if not nbgrader_logged(course, "generate_feedback", chapter, "--force"):
+            problems.append(f"nbgrader generate_feedback {chapter} failed (see {course / 'nbgrader.log'})")
             print(f"error: {problems[-1]}", file=sys.stderr)
-    if not nbgrader_logged(course, "generate_feedback", chapter, "--force"):
-        problems.append(f"nbgrader generate_feedback failed (see {course / 'nbgrader.log'})")
-        print(f"error: {problems[-1]}", file=sys.stderr)
-    header, rows = export(course, chapter, course / "grades.csv")
+        report.flag_feedback(course, chapter, {s.student: read_record(course, s.student, chapter).get("flags", [])
+                                                for s in found if s.chapter == chapter})
+    header, rows = export(course, graded_chapters, course / "grades.csv")
     print_table(header, rows)
-    print(f"feedback: {course / 'feedback'}\ngrades:   {course / 'grades.csv'}")
+    summary = report.summary(course, header, rows)
+    print(f"feedback: {course / 'feedback'}\ngrades:   {course / 'grades.csv'}\nsummary:  {summary}")
     return 2 if problems else 0
 
 
-def feedback(course: Path, chapter: str) -> None:
-    """(Re)generate the feedback HTML of a graded chapter under DIR/feedback/STUDENT/CHAPTER/."""
+def write_record(course: Path, sub: intake.Submission, record: dict) -> None:
+    path = record_path(course, sub.student, sub.chapter)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1), encoding="utf-8")
+
+
+def course_chapters(course: Path, names: list[str]) -> list[str]:
+    """The named chapters (checked against the grading folder), or every chapter graded there."""
+    graded = [name for name in chapters(course) if any((course / "autograded").glob(f"*/{name}/{name}.ipynb"))]
+    return [known(name, course) for name in names] or graded
+
+
+def feedback(course: Path, names: list[str]) -> None:
+    """(Re)generate the feedback HTML of graded chapters under DIR/feedback/STUDENT/CHAPTER/."""
     course = grading_folder(course)
-    chapter = known(chapter, course)
-    done = nbgrader(course, "generate_feedback", chapter, "--force")
-    if done.returncode != 0:
-        raise SystemExit(f"nbgrader generate_feedback {chapter} failed:\n{errors_of(done)}")
+    for chapter in course_chapters(course, names):
+        done = nbgrader(course, "generate_feedback", chapter, "--force")
+        if done.returncode != 0:
+            raise SystemExit(f"nbgrader generate_feedback {chapter} failed:\n{errors_of(done)}")
+        students = [p.parent.name for p in (course / "flags").glob(f"*/{chapter}.json")]
+        report.flag_feedback(course, chapter, {s: read_record(course, s, chapter).get("flags", []) for s in students})
     print(f"feedback: {course / 'feedback'}")
 
 
-def export(course: Path, chapter: str, path: Path | None = None) -> tuple[list[str], list[list[str]]]:
-    """Write the chapter's grades from DIR's gradebook to a CSV: student, chapter, one column per graded
-    cell (notebook order), total, max. Returns the header and rows."""
+def export(course: Path, names: list[str], path: Path | None = None) -> tuple[list[str], list[list[str]]]:
+    """Write the grades from DIR's gradebook to a CSV: one row per student and chapter; columns student,
+    chapter, one per graded cell (chapter and notebook order; empty for other chapters' rows), total, max,
+    flags (see `autograder.integrity`). Returns the header and rows."""
     course = grading_folder(course)
-    chapter = known(chapter, course)
+    names = course_chapters(course, names)
     from nbgrader.api import Gradebook, MissingEntry  # a slow import (sqlalchemy): only once the input is fine
 
-    cells = graded_cells(course / "solutions" / chapter / f"{chapter}.ipynb")
-    header = ["student", "chapter", *cells, "total", "max"]
+    cells = {chapter: graded_cells(course / "solutions" / chapter / f"{chapter}.ipynb") for chapter in names}
+    columns = list(dict.fromkeys(c for chapter in names for c in cells[chapter]))
+    header = ["student", "chapter", *columns, "total", "max", "flags"]
     rows = []
-    with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gb:
-        try:
-            assignment = gb.find_assignment(chapter)
-        except MissingEntry:
-            raise Problem(f"the gradebook in {course} has no grades for {chapter}") from None
-        for submission in sorted(assignment.submissions, key=lambda s: s.student_id):
-            notebook = gb.find_submission_notebook(chapter, chapter, submission.student_id)
-            scores = {g.name: g.score for g in notebook.grades}
-            rows.append([submission.student_id, chapter, *(number(scores[c]) for c in cells),
-                         number(submission.score), number(assignment.max_score)])
+    with Gradebook(db_url(course)) as gb:
+        for chapter in names:
+            try:
+                assignment = gb.find_assignment(chapter)
+            except MissingEntry:
+                raise Problem(f"the gradebook in {course} has no grades for {chapter}") from None
+            for submission in sorted(assignment.submissions, key=lambda s: s.student_id):
+                notebook = gb.find_submission_notebook(chapter, chapter, submission.student_id)
+                scores = {g.name: g.score for g in notebook.grades}
+                flags = read_record(course, submission.student_id, chapter).get("flags", [])
+                rows.append([submission.student_id, chapter,
+                             *(number(scores[c]) if c in cells[chapter] else "" for c in columns),
+                             number(submission.score), number(assignment.max_score), " ".join(flags)])
+    rows.sort(key=lambda row: (row[0], row[1]))
     path = path or course / "grades.csv"
     with path.open("w", newline="", encoding="utf-8") as f:
         csv.writer(f).writerows([header, *rows])
@@ -226,6 +394,8 @@ def number(x: float) -> str:
 
 
 def print_table(header: list[str], rows: list[list[str]]) -> None:
+    header = header[:-1]  # the flags are in the CSV; the table says how many
+    rows = [[*row[:-1]] for row in rows]
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         print("  ".join(str(v).rjust(w) if i > 1 else str(v).ljust(w) for i, (v, w) in enumerate(zip(row, widths))))
@@ -239,17 +409,26 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("release", help="regenerate chapters/ from solutions/")
     r.add_argument("chapters", nargs="*", metavar="CHAPTER", help="chapters to release (default: all)")
-    g = sub.add_parser("grade", help="autograde a folder of submissions, write feedback and grades.csv")
-    g.add_argument("submissions", type=Path, help="folder with one sub-folder per student holding their notebook")
-    g.add_argument("--chapter", required=True)
+    g = sub.add_parser("grade", help="autograde submissions; write feedback, grades.csv and a summary")
+    g.add_argument("submissions", type=Path, nargs="?",
+                   help="a folder of student folders, LMS downloads (notebooks or zips named with the student id)")
+    g.add_argument("--exchange", action="store_true", help="collect the submissions from nbgrader's exchange")
+    g.add_argument("--chapter", action="append", default=[], help="chapter to grade (repeat; default: all found)")
     g.add_argument("--out", type=Path, help="grading folder (default: a new temporary folder, printed)")
-    f = sub.add_parser("feedback", help="(re)generate feedback HTML in a grading folder")
-    f.add_argument("dir", type=Path)
-    f.add_argument("--chapter", required=True)
-    e = sub.add_parser("export", help="(re)write the grades CSV from a grading folder's gradebook")
-    e.add_argument("dir", type=Path)
-    e.add_argument("--chapter", required=True)
-    e.add_argument("--csv", type=Path, help="where to write (default: DIR/grades.csv)")
+    g.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="notebooks graded at once (default: cores)")
+    g.add_argument("--student", action="append", default=[], help="grade only this student (repeat)")
+    g.add_argument("--force", action="store_true", help="grade again what an earlier run in --out graded")
+    g.add_argument("--no-sandbox", action="store_true", help="run learners' code without bubblewrap (not advised)")
+    g.add_argument("--cell-timeout", type=int, default=60, help="seconds per cell (default 60)")
+    g.add_argument("--notebook-timeout", type=int, default=900, help="seconds per notebook (default 900)")
+    g.add_argument("--memory", type=float, default=6, help="GiB of memory per kernel (default 6)")
+    for name, help_ in (("feedback", "(re)generate feedback HTML in a grading folder"),
+                        ("export", "(re)write the grades CSV from a grading folder's gradebook")):
+        c = sub.add_parser(name, help=help_)
+        c.add_argument("dir", type=Path)
+        c.add_argument("--chapter", action="append", default=[], help="chapter (repeat; default: all graded)")
+        if name == "export":
+            c.add_argument("--csv", type=Path, help="where to write (default: DIR/grades.csv)")
     return p
 
 
@@ -259,7 +438,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "release":
             release(args.chapters)
         elif args.command == "grade":
-            return grade(args.submissions, args.chapter, args.out)
+            if (args.submissions is None) == (not args.exchange):
+                raise Problem("give a SUBMISSIONS folder or --exchange (one of them)")
+            if args.workers < 1:
+                raise Problem("--workers must be at least 1")
+            options = Options(workers=args.workers, force=args.force, students=tuple(args.student),
+                              sandboxed=not args.no_sandbox, cell_timeout=args.cell_timeout,
+                              notebook_timeout=args.notebook_timeout,
+                              limits=sandbox.Limits(memory_bytes=int(args.memory * 1024**3)))
+            return grade(args.submissions, args.chapter, args.out, options)
         elif args.command == "feedback":
             feedback(args.dir, args.chapter)
         else:

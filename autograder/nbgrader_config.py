@@ -11,10 +11,11 @@ import contextlib
 import os
 from pathlib import Path
 
-from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor
-from nbgrader.preprocessors import ClearHiddenTests, GetGrades
+from nbconvert.preprocessors import ClearMetadataPreprocessor, CSSHTMLHeaderPreprocessor
+from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, ClearHiddenTests, GetGrades, IgnorePattern,
+                                    LimitOutput, SaveAutoGrades)
 
-from autograder.preprocessors import HideHiddenTestTracebacks
+from autograder.preprocessors import GuardedExecute, HideHiddenTestTracebacks
 
 ROOT = Path(__file__).resolve().parent.parent
 # The exchange (nbgrader release_assignment / fetch / submit / collect) in the user's cache directory, not
@@ -37,7 +38,20 @@ with contextlib.suppress(OSError):  # an unwritable home only matters to the exc
 c.Exchange.root = str(EXCHANGE)
 
 # Seconds per cell when autograding; a cell that runs longer is interrupted and fails, the rest still run.
+# `python -m autograder grade` passes its --cell-timeout and --notebook-timeout over these.
 c.Execute.timeout = 60
+# nbgrader's autograde steps, with its Execute replaced by one that also keeps a budget for the whole
+# notebook, caps each cell's output and survives a kernel that dies (autograder/preprocessors.py).
+c.Autograde.autograde_preprocessors = [
+    GuardedExecute,
+    IgnorePattern,
+    ClearMetadataPreprocessor,
+    LimitOutput,
+    SaveAutoGrades,
+    AssignLatePenalties,
+    CheckCellMetadata,
+]
+c.LimitOutput.max_lines = 300
 
 # Feedback shows scores and the learner's code, never the hidden tests: neither their code
 # (ClearHiddenTests) nor the traceback of an error they raised, which quotes that code.

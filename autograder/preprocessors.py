@@ -1,7 +1,15 @@
-"""An nbgrader preprocessor for feedback that keeps hidden tests hidden."""
+"""nbgrader preprocessors: feedback that keeps hidden tests hidden, and execution with budgets."""
+import copy
+import json
+import time
+
+from jupyter_core.utils import run_sync
+from nbclient.exceptions import DeadKernelError
 from nbformat import NotebookNode
+from nbformat.v4 import new_output
 from nbgrader import utils
-from nbgrader.preprocessors import NbGraderPreprocessor
+from nbgrader.preprocessors import Execute, NbGraderPreprocessor
+from traitlets import Integer
 
 HIDDEN_TESTS = "BEGIN HIDDEN TESTS"
 
@@ -20,3 +28,78 @@ class HideHiddenTestTracebacks(NbGraderPreprocessor):
                 if output.output_type == "error":
                     output.traceback = [f"{output.ename}: {output.evalue}"]
         return cell, resources
+
+
+class GuardedExecute(Execute):
+    """nbgrader's Execute with a time budget for the whole notebook, a cap on each cell's output, and
+    recovery from a kernel that dies.
+
+    - Once `notebook_timeout` seconds are used up, the remaining cells are not run: each gets a
+      `NotebookTimeout` error. A cell never gets more time than what is left.
+    - A cell's output beyond `max_output_bytes` of text (pictures count a tenth of their size) is dropped,
+      with one line saying so: a flood of output cannot fill the grader's memory or the feedback.
+    - When the kernel dies (out of memory, a crash, `os._exit`), the cell gets a `KernelDied` error, a fresh
+      kernel re-runs the code cells before it (their outputs are kept from the first run), and grading goes
+      on: the crash costs the cell that crashed, not the rest of the notebook.
+    """
+
+    notebook_timeout = Integer(900, help="seconds for the whole notebook").tag(config=True)
+    max_output_bytes = Integer(200_000, help="bytes of output kept per cell").tag(config=True)
+
+    def preprocess(self, nb, resources=None, km=None):
+        self._started = time.monotonic()
+        self._output_bytes: dict[int, int] = {}
+        return super().preprocess(nb, resources, km)
+
+    def preprocess_cell(self, cell, resources, index):
+        if cell.cell_type != "code":
+            return cell, resources
+        left = self.notebook_timeout - (time.monotonic() - self._started)
+        if left <= 1:
+            cell.outputs = [error_output("NotebookTimeout",
+                                         f"not run: the notebook used up its {self.notebook_timeout} s")]
+            return cell, resources
+        per_cell = self.timeout
+        self.timeout = int(min(per_cell or left, left))
+        try:
+            return super().preprocess_cell(cell, resources, index)
+        except DeadKernelError:
+            cell.outputs.append(error_output(
+                "KernelDied", "the kernel died while running this cell (out of memory, a crash, or an exit); "
+                "the cells after it ran in a fresh kernel"))
+            self._restart(index)
+            return cell, resources
+        finally:
+            self.timeout = per_cell
+
+    def _restart(self, index: int) -> None:
+        """A fresh kernel that has run the code cells before `index` again (their outputs unchanged)."""
+        run_sync(self.km.restart_kernel)(now=True)
+        run_sync(self.kc.wait_for_ready)(timeout=self.startup_timeout)
+        for number, before in enumerate(self.nb.cells[:index]):
+            if before.cell_type == "code":
+                replay = copy.deepcopy(before)
+                try:
+                    self.execute_cell(replay, number, store_history=False)
+                except DeadKernelError:
+                    run_sync(self.km.restart_kernel)(now=True)
+                    run_sync(self.kc.wait_for_ready)(timeout=self.startup_timeout)
+
+    def output(self, outs, msg, display_id, cell_index):
+        # printed text counts in full; pictures and other rich output count a tenth (a figure is ~100 kB)
+        content = msg.get("content", {})
+        size = len(content.get("text", "")) if msg.get("msg_type") == "stream" else \
+            len(json.dumps(content, default=str)) // 10
+        used = self._output_bytes.get(cell_index, 0)
+        self._output_bytes[cell_index] = used + size
+        if used + size <= self.max_output_bytes:
+            return super().output(outs, msg, display_id, cell_index)
+        if used <= self.max_output_bytes:  # the first output over the cap: say so once
+            outs.append(new_output("stream", name="stderr",
+                                   text=f"\n[output truncated: this cell printed more than "
+                                        f"{self.max_output_bytes // 1000} kB]\n"))
+        return None
+
+
+def error_output(ename: str, evalue: str) -> NotebookNode:
+    return new_output("error", ename=ename, evalue=evalue, traceback=[f"{ename}: {evalue}"])

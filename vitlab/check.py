@@ -15,7 +15,10 @@ all that a learner, or nbgrader's feedback, sees.
 """
 from __future__ import annotations
 
+import builtins
+import math
 import sys
+import sysconfig
 import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -94,15 +97,78 @@ def forbid(forbidden: Mapping[Any, str]) -> Iterator[list[str]]:
     try:
         yield seen
     finally:
+        if sys.getprofile() is not watch:  # the learner's code switched the watch off
+            seen.append("sys.setprofile")
         sys.setprofile(previous)
 
 
 def _refuse(name: str, called: list[str]) -> None:
+    if "sys.setprofile" in called:
+        raise CheckFailed(f"{name}: your code calls sys.setprofile, which switches off this check's watch: "
+                          f"it {TAMPERED}, and a graded check gives zero for that.")
     if called:
         raise CheckFailed(
             f"{name}: your code calls {' and '.join(called)}, the very thing this exercise asks you to write.\n"
             "A graded check gives zero for this exercise when it does. Write it from tensor operations."
         )
+
+
+# ---------------------------------------------------------------------------------------- integrity
+
+TAMPERED = "changed the course's checking code"
+_WATCHED = (builtins, math, torch, torch.Tensor, torch.nn.functional, torch.testing)
+_TRUSTED = tuple({str(Path(__file__).resolve().parent), *(sysconfig.get_paths()[k] for k in ("stdlib", "purelib",
+                  "platlib")), sys.prefix, sys.base_prefix})
+
+
+def _callables() -> dict[tuple[str, str], Any]:
+    found = {}
+    for owner in _WATCHED:
+        for attr in dir(owner):
+            value = getattr(owner, attr, None)
+            if callable(value):
+                found[(getattr(owner, "__name__", str(owner)), attr)] = value
+    return found
+
+
+_ORIGINALS = _callables()
+
+
+def _foreign(value: Any) -> bool:
+    """Whether `value` is a function or class written outside installed code (in a notebook, say)."""
+    code = getattr(getattr(value, "__func__", value), "__code__", None)
+    if code is not None:
+        return not str(Path(code.co_filename).resolve()).startswith(_TRUSTED)
+    return isinstance(value, type) and value.__module__ == "__main__"
+
+
+def verify_integrity() -> None:
+    """Fail when code run in this kernel replaced a function of vitlab, a builtin, or torch's functions.
+
+    The autograder ends every hidden test with this call, so a notebook that patches the checks to make
+    them pass scores zero (and is flagged).
+    """
+    owners = {getattr(o, "__name__", str(o)): o for o in _WATCHED}
+    problems = []
+    for (owner, attr), original in _ORIGINALS.items():
+        current = getattr(owners[owner], attr, None)
+        if current is not original and current != original:  # a classmethod binds anew on each access
+            problems.append(f"{owner}.{attr}")
+    package = Path(__file__).resolve().parent
+    for name, module in list(sys.modules.items()):
+        if name != "vitlab" and not name.startswith("vitlab."):
+            continue
+        file = getattr(module, "__file__", None)
+        if file is None or not Path(file).resolve().is_relative_to(package):
+            problems.append(f"the module {name}")
+            continue
+        problems += [f"{name}.{attr}" for attr, value in list(vars(module).items()) if _foreign(value)]
+    if sys.getprofile() is not None:
+        problems.append("sys.setprofile")
+    if problems:
+        shown = ", ".join(problems[:5]) + (f" and {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise CheckFailed(f"integrity: this notebook {TAMPERED}: {shown} was replaced.\n"
+                          "  A graded check gives zero when the checks, torch or Python's builtins are patched.")
 
 
 # ------------------------------------------------------------------------------------------ running
