@@ -18,7 +18,6 @@ import csv
 import hashlib
 import json
 import os
-import queue
 import shutil
 import subprocess
 import sys
@@ -194,21 +193,20 @@ def stage(course: Path, sub: intake.Submission) -> tuple[list[str], int | None, 
     return flags, first, found
 
 
-def autograde_one(course: Path, sub: intake.Submission, slot: int, options: Options) -> tuple[bool, str]:
+def autograde_one(course: Path, sub: intake.Submission, options: Options) -> tuple[bool, str]:
     """Run `nbgrader autograde` for one student and chapter (in the sandbox); (succeeded, its output)."""
     args = ["autograde", sub.chapter, f"--student={sub.student}", "--force",
             f"--Execute.timeout={options.cell_timeout}",
             f"--GuardedExecute.notebook_timeout={options.notebook_timeout}"]
-    env = {}
-    if options.sandboxed:
-        settings = sandbox.prepare(course, sub.student, sub.chapter, slot, options.limits)
-        env = {k: v for k, v in settings.items() if not k.startswith("--")}
-        args += [f"{k}={v}" for k, v in settings.items() if k.startswith("--")]
     start = time.monotonic()
-    done = nbgrader(course, *args, env=env)
     if options.sandboxed:
-        sandbox.kill_leftovers(slot)
+        with sandbox.kernel_uid() as uid:
+            settings = sandbox.prepare(course, sub.student, sub.chapter, uid, options.limits)
+            args += [f"{k}={v}" for k, v in settings.items() if k.startswith("--")]
+            done = nbgrader(course, *args, env={k: v for k, v in settings.items() if not k.startswith("--")})
         shutil.rmtree(course / ".sandbox" / f"{sub.student}-{sub.chapter}", ignore_errors=True)
+    else:
+        done = nbgrader(course, *args)
     log = (f"$ nbgrader {' '.join(args)}  (exit code {done.returncode}, {time.monotonic() - start:.0f} s)\n"
            f"{done.stdout}{done.stderr}\n")
     ok = done.returncode == 0 and (course / "autograded" / sub.student / sub.chapter / f"{sub.chapter}.ipynb").exists()
@@ -232,7 +230,7 @@ def finish_one(course: Path, sub: intake.Submission, flags: list[str], tamper: t
     flags = flags + integrity.from_outputs(graded)
     first, found = tamper
     if first is not None:
-        flags.append(f"patches:{'; '.join(found)}")
+        flags.append(f"patches:{','.join(found)}")
         zero_from(course, sub, integrity.graded_after(graded, first))
     calls = [f.split(":", 1)[1] for f in flags if f.startswith(("calls-reference:", "tampering:"))]
     if calls:
@@ -290,21 +288,10 @@ def grade(submissions: Path | None, wanted: list[str], out: Path | None, options
     print(f"autograding {len(todo)} submission{'s' * (len(todo) != 1)} with {options.workers} "
           f"worker{'s' * (options.workers != 1)}{f' ({skipped} already graded: --force to redo)' if skipped else ''}"
           f"{'' if options.sandboxed else ', WITHOUT the sandbox'}")
-    slots: queue.Queue[int] = queue.Queue()
-    for slot in range(options.workers):
-        slots.put(slot)
-
-    def run(sub: intake.Submission) -> tuple[bool, str]:
-        slot = slots.get()
-        try:
-            return autograde_one(course, sub, slot, options)
-        finally:
-            slots.put(slot)
-
     with ThreadPoolExecutor(max_workers=options.workers) as pool, \
             tqdm(total=len(todo), unit="notebook", desc="autograding", file=sys.stderr,
                  disable=not todo) as bar:
-        futures = {pool.submit(run, sub): sub for sub in todo}
+        futures = {pool.submit(autograde_one, course, sub, options): sub for sub in todo}
         for future in as_completed(futures):
             sub = futures[future]
             ok, log = future.result()

@@ -99,7 +99,7 @@ def read_notebook(path: Path) -> tuple[dict | None, str | None]:
     """(the notebook as JSON, None), or (None, why it cannot be graded)."""
     size = path.stat().st_size
     if size > MAX_NOTEBOOK_BYTES:
-        return None, f"{path.name} is {size / 1024**2:.0f} MB (at most {MAX_NOTEBOOK_BYTES // 1024**2} MB)"
+        return None, f"{path.name} is {size / 1e6:.1f} MB (at most {MAX_NOTEBOOK_BYTES / 1e6:.1f} MB)"
     if size == 0:
         return None, f"{path.name} is an empty file"
     try:
@@ -123,6 +123,12 @@ def chapter_of(nb: dict, path: Path, chapters: dict[str, set[str]]) -> str | Non
     return next((name for name in chapters if name in path.name), None)
 
 
+def is_class_download(folder: Path) -> bool:
+    """Whether an unpacked zip holds a folder per student (several folders, or folders named by an LMS)."""
+    folders = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "__MACOSX"))]
+    return not any(folder.glob("*.ipynb")) and (len(folders) > 1 or any(lms_student(p.name) for p in folders))
+
+
 def gather(submissions: Path, staging: Path, chapters: dict[str, set[str]]
            ) -> tuple[dict[str, list[Path]], list[str]]:
     """({student: their notebooks}, problems), zips unpacked under `staging`."""
@@ -137,9 +143,8 @@ def gather(submissions: Path, staging: Path, chapters: dict[str, set[str]]
         why = safe_extract(archive, inner)
         if why:
             problems.append(f"student {student or student_of_file(archive, chapters)}: {why}")
-        elif student is None and depth == 0 and not any(inner.glob("*.ipynb")) and any(
-                p.is_dir() for p in inner.iterdir()):
-            walk(inner, depth + 1)  # a whole-class download: a folder per student inside
+        elif student is None and depth == 0 and is_class_download(inner):
+            walk(inner, depth + 1)
         else:
             found.setdefault(student or student_of_file(archive, chapters), []).extend(notebooks(inner))
 

@@ -24,7 +24,8 @@ HIDDEN_END = "### END HIDDEN TESTS"
 PROTECTED = ("vitlab", "torch", "builtins", "__builtins__", "sys", "numpy", "math", "importlib", "einops")
 CALLS_REFERENCE = "the very thing this exercise asks you to write"
 TAMPERED = "changed the course's checking code"
-ERRORS = {"CellTimeoutError": "timeout", "NotebookTimeout": "notebook-timeout", "KernelDied": "kernel-died"}
+ERRORS = {"CellTimeoutError": "timeout", "NotebookTimeout": "notebook-timeout", "KernelDied": "kernel-died",
+          "MemoryError": "memory"}
 
 
 def meta(cell) -> dict:
@@ -62,7 +63,7 @@ def restore(submitted: dict, release: nbformat.NotebookNode) -> tuple[nbformat.N
         elif not meta(cell):
             extra.setdefault(anchor, []).append(cell)
     out = copy.deepcopy(release)
-    out.cells = [nbformat.from_dict(c) for c in extra.get(None, [])]
+    out.cells = [own_cell(c) for c in extra.get(None, [])]
     for cell in release.cells:
         cell = copy.deepcopy(cell)
         grade_id = meta(cell).get("grade_id")
@@ -74,8 +75,15 @@ def restore(submitted: dict, release: nbformat.NotebookNode) -> tuple[nbformat.N
         elif grade_id and source_of(mine).strip() != cell.source.strip():
             flags.append(f"edited:{grade_id}")
         out.cells.append(cell)
-        out.cells += [nbformat.from_dict(c) for c in extra.get(grade_id or cell.get("id"), [])]
+        out.cells += [own_cell(c) for c in extra.get(grade_id or cell.get("id"), [])]
     return out, flags
+
+
+def own_cell(cell: dict) -> nbformat.NotebookNode:
+    """A cell the learner added, as a clean code or markdown cell (outputs are dropped: they are re-made)."""
+    if cell.get("cell_type") == "code":
+        return nbformat.v4.new_code_cell(source_of(cell))
+    return nbformat.v4.new_markdown_cell(source_of(cell))
 
 
 def source_of(cell: dict) -> str:
@@ -95,8 +103,9 @@ def _python(source: str) -> str:
 
 
 def tampering_in(source: str, modules: dict[str, str]) -> list[str]:
-    """What this code does to the checking machinery. `modules` maps names bound to protected modules
-    (by this or earlier cells) to the module; it is updated with the cell's own imports."""
+    """What this code changes of the checking machinery (`check_attention.sdpa`, `setattr(torch)`,
+    `sys.setprofile()`). `modules` maps names bound to protected modules (by this or earlier cells) to
+    the module; it is updated with the cell's own imports."""
     try:
         tree = ast.parse(_python(source))
     except SyntaxError:
@@ -121,14 +130,14 @@ def tampering_in(source: str, modules: dict[str, str]) -> list[str]:
             for t in (target.elts if isinstance(target, ast.Tuple) else [target]):
                 root = _root_name(t)
                 if isinstance(t, (ast.Attribute, ast.Subscript)) and (root in modules or root == "__builtins__"):
-                    found.append(f"assigns {ast.unparse(t)}")
+                    found.append(ast.unparse(t).replace(" ", ""))
         if isinstance(node, ast.Call):
             name = ast.unparse(node.func)
             if name in ("setattr", "delattr") and node.args and (
                     _root_name(node.args[0]) in modules or _root_name(node.args[0]) == "__builtins__"):
-                found.append(f"calls {name}({ast.unparse(node.args[0])}, ...)")
+                found.append(f"{name}({ast.unparse(node.args[0])})".replace(" ", ""))
             elif name.split(".")[-1] in ("setprofile", "settrace", "reload") and _root_name(node.func) in modules:
-                found.append(f"calls {name}")
+                found.append(f"{name}()".replace(" ", ""))
     return found
 
 
@@ -180,6 +189,7 @@ FLAG_LINES = {
     "notebook-timeout": "the notebook used up its time budget: the cells after that were not run",
     "kernel-died": "the kernel died (out of memory, a crash or an exit) in {}: later cells ran in a fresh kernel",
     "output-truncated": "a cell printed too much; its output was cut: {}",
+    "memory": "a cell ran out of its memory limit: {}",
     "calls-reference": "the answer calls the reference or the built-in it should replace: zero for {}",
     "tampering": "the notebook changes the checking code: zero for {}",
     "patches": "the notebook's code changes vitlab, torch or builtins ({}): zero from that cell on",

@@ -38,7 +38,8 @@ class GuardedExecute(Execute):
       `NotebookTimeout` error. A cell never gets more time than what is left.
     - A cell's output beyond `max_output_bytes` of text (pictures count a tenth of their size) is dropped,
       with one line saying so: a flood of output cannot fill the grader's memory or the feedback.
-    - When the kernel dies (out of memory, a crash, `os._exit`), the cell gets a `KernelDied` error, a fresh
+    - When the kernel dies (out of memory, a crash, `os._exit`) or stops answering properly (a fork bomb
+      leaves it no threads), the cell gets a `KernelDied` error, a fresh
       kernel re-runs the code cells before it (their outputs are kept from the first run), and grading goes
       on: the crash costs the cell that crashed, not the rest of the notebook.
     """
@@ -47,13 +48,14 @@ class GuardedExecute(Execute):
     max_output_bytes = Integer(200_000, help="bytes of output kept per cell").tag(config=True)
 
     def preprocess(self, nb, resources=None, km=None):
-        self._started = time.monotonic()
+        self._started = None  # set at the first code cell: starting the kernel is not the learner's time
         self._output_bytes: dict[int, int] = {}
         return super().preprocess(nb, resources, km)
 
     def preprocess_cell(self, cell, resources, index):
         if cell.cell_type != "code":
             return cell, resources
+        self._started = self._started or time.monotonic()
         left = self.notebook_timeout - (time.monotonic() - self._started)
         if left <= 1:
             cell.outputs = [error_output("NotebookTimeout",
@@ -63,9 +65,11 @@ class GuardedExecute(Execute):
         self.timeout = int(min(per_cell or left, left))
         try:
             return super().preprocess_cell(cell, resources, index)
-        except DeadKernelError:
+        except Exception as exc:  # noqa: BLE001 - errors in the cell are outputs; this is the kernel failing
+            dead = isinstance(exc, DeadKernelError)
             cell.outputs.append(error_output(
-                "KernelDied", "the kernel died while running this cell (out of memory, a crash, or an exit); "
+                "KernelDied", f"the kernel {'died' if dead else 'stopped answering'} while running this cell "
+                f"({'out of memory, a crash, or an exit' if dead else type(exc).__name__}); "
                 "the cells after it ran in a fresh kernel"))
             self._restart(index)
             return cell, resources
@@ -81,7 +85,7 @@ class GuardedExecute(Execute):
                 replay = copy.deepcopy(before)
                 try:
                     self.execute_cell(replay, number, store_history=False)
-                except DeadKernelError:
+                except Exception:  # noqa: BLE001 - it failed the first time round too: start clean again
                     run_sync(self.km.restart_kernel)(now=True)
                     run_sync(self.kc.wait_for_ready)(timeout=self.startup_timeout)
 

@@ -5,23 +5,29 @@ Inside, the kernel sees the whole file system read-only, except:
 - the grading folder is hidden (gradebook, source notebooks, other students), but for the submission's
   own scratch folder, which is writable, and the folder of its kernel sockets;
 - `/tmp` is an empty tmpfs (HOME points there);
-- no network (its own network namespace: kernel and nbgrader talk over unix sockets, the `ipc` transport).
+- no network (its own network namespace: kernel and nbgrader talk over unix sockets, the `ipc` transport);
+- its own process namespace: when the kernel is stopped, everything it started goes with it.
 Limits: address space (memory), file size, number of processes (the kernel runs as an unprivileged uid
 of its own when graded as root, so the limit holds; as another user the limit counts that user's
 processes). Time per cell and per notebook are nbgrader's side (`preprocessors.GuardedExecute`).
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
+import subprocess
 import sys
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 KERNEL_NAME = "vitlab-sandbox"
 REPO = Path(__file__).resolve().parent.parent
-UID_BASE = 61000  # kernel uids: UID_BASE + worker slot, so that workers do not share a process limit
+UID_BASE, UID_COUNT = 61000, 1000  # kernel uids, one per running kernel on this machine
 
 
 @dataclass(frozen=True)
@@ -70,7 +76,7 @@ def bwrap_argv(scratch: Path, sockets: Path, runtime: Path, course: Path, limits
     for path in (scratch, sockets):
         argv += [*_dirs_for(path, hidden), "--bind", str(path), str(path)]
     argv += [*_dirs_for(runtime, hidden), "--ro-bind", str(runtime), str(runtime)]  # the connection file
-    argv += ["--unshare-net", "--unshare-ipc", "--unshare-uts", "--die-with-parent", "--new-session",
+    argv += ["--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-pid", "--die-with-parent", "--new-session",
              "--setenv", "HOME", "/tmp", "--setenv", "MPLCONFIGDIR", "/tmp/.config/matplotlib",
              "--unsetenv", "JPY_PARENT_PID",  # ipykernel would take bwrap's pid for its parent dying
              "--chdir", str(scratch)]
@@ -81,22 +87,48 @@ def bwrap_argv(scratch: Path, sockets: Path, runtime: Path, course: Path, limits
     return argv + ["/bin/sh", "-c", script, "{connection_file}"]
 
 
-def prepare(course: Path, student: str, chapter: str, slot: int, limits: Limits) -> dict[str, str]:
+@contextmanager
+def kernel_uid() -> Iterator[int | None]:
+    """A uid that no other sandboxed kernel on this machine has now (grading runs in parallel or side by side
+    each take their own, held by a lock file), or None when not grading as root. Afterwards every process
+    left under that uid is killed."""
+    if os.geteuid() != 0:
+        yield None
+        return
+    locks = Path(tempfile.gettempdir()) / "vitlab-sandbox-uids"
+    locks.mkdir(exist_ok=True)
+    for uid in range(UID_BASE, UID_BASE + UID_COUNT):
+        with (locks / str(uid)).open("w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue
+            try:
+                yield uid
+            finally:
+                if shutil.which("pkill"):
+                    subprocess.run(["pkill", "-KILL", "-u", str(uid)], capture_output=True)
+            return
+    raise RuntimeError(f"all {UID_COUNT} sandbox uids from {UID_BASE} are in use")
+
+
+def prepare(course: Path, student: str, chapter: str, uid: int | None, limits: Limits) -> dict[str, str]:
     """Write the sandbox kernelspec for one submission; returns the environment and nbgrader options to use.
 
-    The scratch folder is nbgrader's autograded/STUDENT/CHAPTER (where the kernel starts).
+    The scratch folder is nbgrader's autograded/STUDENT/CHAPTER (where the kernel starts); `uid` is the
+    kernel's (from `kernel_uid`).
     """
     base = course / ".sandbox" / f"{student}-{chapter}"
     scratch = course / "autograded" / student / chapter
     sockets, runtime, spec = base / "sockets", base / "runtime", base / "kernels" / KERNEL_NAME
     for path in (scratch, sockets, runtime, spec):
         path.mkdir(parents=True, exist_ok=True)
-    uid = UID_BASE + slot if os.geteuid() == 0 else None
     for path in (scratch, sockets):
         os.chmod(path, 0o777)
     argv = bwrap_argv(scratch, sockets, runtime, course, limits, uid)
-    (spec / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": "vitlab sandbox",
-                                                  "language": "python"}, indent=1), encoding="utf-8")
+    # interrupts as a message: a signal would reach bwrap, not the kernel inside it
+    (spec / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": "vitlab sandbox", "language": "python",
+                                                  "interrupt_mode": "message"}, indent=1), encoding="utf-8")
     return {
         "JUPYTER_PATH": str(base),
         "JUPYTER_RUNTIME_DIR": str(runtime),
@@ -105,9 +137,3 @@ def prepare(course: Path, student: str, chapter: str, slot: int, limits: Limits)
         "--KernelManager.transport": "ipc",
         "--KernelManager.ip": str(sockets / "kernel"),
     }
-
-
-def kill_leftovers(slot: int) -> None:
-    """Kill what a kernel left running under its uid (a fork bomb's children, a daemon)."""
-    if os.geteuid() == 0 and shutil.which("pkill"):
-        os.system(f"pkill -KILL -u {UID_BASE + slot} >/dev/null 2>&1")

@@ -85,7 +85,7 @@ def test_grading_reports_bad_folders_in_one_line_and_grades_the_others(graded):
 def test_csv_has_a_column_per_graded_cell_in_notebook_order(graded, notebooks):
     _, out, _ = graded
     header = (out / "grades.csv").read_text(encoding="utf-8").splitlines()[0].split(",")
-    assert header == ["student", "chapter", *points(notebooks[1]), "total", "max"]
+    assert header == ["student", "chapter", *points(notebooks[1]), "total", "max", "flags"]
 
 
 def test_untouched_release_scores_zero_and_solution_full_points(graded, notebooks):
@@ -147,3 +147,12 @@ def test_feedback_preprocessor_shortens_tracebacks_of_hidden_tests_only():
     nb, _ = HideHiddenTestTracebacks().preprocess(nb, {})
     assert nb.cells[0].outputs[0].traceback == ["NameError: name 'f' is not defined"]
     assert nb.cells[1].outputs[0].traceback == ["----> 1 f(1)", "NameError: name 'f' is not defined"]
+
+
+def test_summary_shows_the_cohort_per_exercise_and_the_common_failures(graded):
+    _, out, grades = graded
+    page = html_text(out / "summary.html")
+    assert f"{len(grades)} submissions" in page
+    assert "sdpa-graded: " in page and "forgot the 1/sqrt(d_k) scale" in page
+    assert (out / "summary.png").stat().st_size > 1000
+    assert "data:image/png;base64," in (out / "summary.html").read_text(encoding="utf-8")

@@ -168,3 +168,35 @@ def test_check_value():
     check_value(2.0, 2.0, name="two")
     with pytest.raises(CheckFailed, match="expected about 3"):
         check_value(2.0, 3.0, name="three", hint="count again")
+
+
+def test_verify_integrity_passes_untouched_and_names_what_was_replaced(monkeypatch):
+    import builtins
+
+    import vitlab.check_attention as check_attention
+    from vitlab import check
+
+    check.verify_integrity()
+    for owner, name, fake in [(check_attention, "sdpa", lambda *a, **k: None),
+                              (torch, "allclose", lambda *a, **k: True),
+                              (torch.Tensor, "sub", lambda *a, **k: 0),
+                              (builtins, "divmod", lambda *a: (0, 0))]:
+        with monkeypatch.context() as m:
+            m.setattr(owner, name, fake)
+            with pytest.raises(check.CheckFailed, match=rf"changed the course's checking code: .*{name} was replaced"):
+                check.verify_integrity()
+        check.verify_integrity()  # put back: passes again
+
+
+def test_switching_off_the_watch_inside_a_check_fails_it():
+    import sys
+
+    from vitlab import check
+
+    def sneaky(x):
+        sys.setprofile(None)
+        return torch.softmax(x, -1)
+
+    with pytest.raises(check.CheckFailed, match="calls sys.setprofile"):
+        check.check_function(sneaky, lambda x: torch.softmax(x, -1), [{"x": torch.randn(3)}], name="softmax",
+                             forbidden={torch.softmax: "torch.softmax"}, grad=False)

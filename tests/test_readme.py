@@ -15,7 +15,14 @@ def test_readme_starts_with_exactly_two_commands():
     assert len(commands) == 2, commands
     open_course, run_tests = commands
     assert "jupyter lab" in open_course and "--notebook-dir=chapters" in open_course and "--allow-root" in open_course
-    assert "pip install" in open_course and "pip install" in run_tests and "pytest" in run_tests
+    assert open_course.startswith("bash setup.sh &&") and run_tests.startswith("bash setup.sh --test &&")
+    assert "pytest" in run_tests
+
+
+def test_setup_installs_the_requirements_and_the_test_extras():
+    setup = (ROOT / "setup.sh").read_text()
+    assert "python3 -m venv .venv" in setup and ".venv/bin/pip install -q -r requirements.txt" in setup
+    assert "requirements-test.txt" in setup and "--no-deps timm==" in setup and "apt-get install" in setup
 
 
 def test_ci_runs_the_readme_test_command():

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Set up the course in .venv (run from the repository root; safe to run again).
+#   bash setup.sh          the course: JupyterLab, nbgrader, vitlab and its dependencies
+#   bash setup.sh --test   the same, plus what only the test suite uses
+# System tools come from Debian's apt where this runs as root with apt: bubblewrap (the autograder's
+# kernel sandbox) and, for the tests, chromium (the browser test). Elsewhere it says what is missing;
+# the course itself runs without them.
+set -euo pipefail
+cd "$(dirname "$0")"
+tools=(bubblewrap)
+[ "${1:-}" = "--test" ] && tools+=(chromium)
+missing=()
+for tool in "${tools[@]}"; do
+  command -v "${tool/bubblewrap/bwrap}" >/dev/null || missing+=("$tool")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing ${missing[*]} with apt-get"
+    { apt-get install -y -q "${missing[@]}" || { apt-get update -q && apt-get install -y -q "${missing[@]}"; }; } \
+      >/tmp/vitlab-apt.log 2>&1 || echo "setup: could not install ${missing[*]} (see /tmp/vitlab-apt.log)" >&2
+  else
+    echo "setup: ${missing[*]} not installed; install with your package manager (Debian: apt-get install ${missing[*]})" >&2
+  fi
+fi
+python3 -m venv .venv
+.venv/bin/pip install -q -r requirements.txt
+if [ "${1:-}" = "--test" ]; then
+  # timm and open_clip without their dependencies: they would pull torchvision, whose wheels do not import
+  # beside torch's CPU build; the tests stub it and compare vitlab's models with theirs on the same weights.
+  .venv/bin/pip install -q -r requirements-test.txt
+  .venv/bin/pip install -q --no-deps timm==1.0.31 open_clip_torch==3.3.0
+fi

@@ -1,0 +1,57 @@
+"""The JupyterHub path: the instructor releases to nbgrader's exchange, a learner fetches and submits there,
+and `python -m autograder grade --exchange` collects and grades it."""
+from __future__ import annotations
+
+import csv
+import getpass
+import os
+import shutil
+import subprocess
+import sys
+
+import nbformat
+import pytest
+from grading import chapter_notebooks, learner_submission
+
+from autograder import sandbox
+
+CHAPTER = "01_attention"
+
+
+def nbgrader(*args, cwd, env):
+    done = subprocess.run([sys.executable, "-m", "nbgrader", *args], cwd=cwd, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+@pytest.mark.skipif(sandbox.missing() is not None, reason=f"no sandbox here: {sandbox.missing()}")
+def test_grade_collects_from_the_exchange(repo, tmp_path, autograder, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the exchange lives under it
+    env = dict(os.environ, PATH=os.pathsep.join([os.path.dirname(sys.executable), os.environ["PATH"]]))
+    config = f"--NbGrader.config_file={repo / 'autograder' / 'nbgrader_config'}"
+    course = tmp_path / "course"
+    shutil.copytree(repo / "chapters" / CHAPTER, course / "chapters" / CHAPTER)
+    nbgrader("release_assignment", CHAPTER, config, f"--CourseDirectory.root={course}",
+             f"--CourseDirectory.db_url=sqlite:///{course / 'gradebook.db'}", cwd=course, env=env)
+
+    home = tmp_path / "learner"
+    home.mkdir()
+    nbgrader("fetch_assignment", CHAPTER, "--course=vitlab", config, cwd=home, env=env)
+    release, solution = chapter_notebooks(repo, CHAPTER)
+    nbformat.write(learner_submission(release, solution, []), home / CHAPTER / f"{CHAPTER}.ipynb")
+    nbgrader("submit", CHAPTER, "--course=vitlab", config, cwd=home, env=env)
+
+    out = tmp_path / "graded"
+    done = autograder("grade", "--exchange", "--chapter", CHAPTER, "--out", str(out))
+    assert done.returncode == 0, done.stdout + done.stderr
+    with (out / "grades.csv").open(encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["student"], r["total"], r["max"], r["flags"]) for r in rows] == [(getpass.getuser(), "12", "12", "")]
+    assert (out / "feedback" / getpass.getuser() / CHAPTER / f"{CHAPTER}.html").exists()
+
+
+def test_exchange_needs_a_chapter_and_not_a_folder(tmp_path, autograder):
+    done = autograder("grade", str(tmp_path), "--exchange", "--chapter", CHAPTER)
+    assert done.returncode == 2 and "error: give a SUBMISSIONS folder or --exchange (one of them)" in done.stderr
+    done = autograder("grade", "--exchange", "--out", str(tmp_path / "x"))
+    assert done.returncode == 2 and "error: --exchange needs --chapter" in done.stderr

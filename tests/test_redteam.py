@@ -1,0 +1,258 @@
+"""Red team: submissions that attack the grader, graded in one sandboxed batch beside honest ones.
+
+Each hostile submission is the 01_attention solution plus one attack. The batch must complete, each attack
+get its expected score and flag (and the flag's sentence in its feedback), the honest submissions keep full
+marks, nothing outside a submission's scratch folder change, and the gradebook stay intact.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import socket
+import subprocess
+import threading
+import uuid
+import zipfile
+from pathlib import Path
+
+import nbformat
+import pytest
+from grading import chapter_notebooks, html_text, learner_submission
+
+from autograder import integrity, sandbox
+
+CHAPTER = "01_attention"
+FULL = 12
+pytestmark = pytest.mark.skipif(sandbox.missing() is not None, reason=f"no sandbox here: {sandbox.missing()}")
+
+
+def new_cell(source: str) -> nbformat.NotebookNode:
+    cell = nbformat.v4.new_code_cell(source)
+    cell.id = uuid.uuid4().hex[:8]
+    return cell
+
+
+def after(nb, index_of, source):
+    """The notebook with a learner's own code cell added after the cell `index_of(nb)` points at."""
+    nb = copy.deepcopy(nb)
+    nb.cells.insert(index_of(nb) + 1, new_cell(source))
+    return nb
+
+
+def setup_cell(nb) -> int:
+    return next(i for i, c in enumerate(nb.cells) if c.metadata.get("nbgrader", {}).get("grade_id") == "setup")
+
+
+def graded(grade_id):
+    return lambda nb: next(i for i, c in enumerate(nb.cells) if c.metadata.get("nbgrader", {}).get("grade_id") == grade_id)
+
+
+NO_SCALE = ("scaled_dot_product_attention", "    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])",
+            "    scores = q @ k.transpose(-2, -1)")
+CALLS_BUILTIN = ("scaled_dot_product_attention", "    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])",
+                 "    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)")
+LOOPS = ("score_variance", "    return scores.var().item()", "    while True:\n        pass")
+
+FORK_BOMB = """import os, time
+children = 0
+try:
+    while True:
+        if os.fork() == 0:
+            time.sleep(600)
+            os._exit(0)
+        children += 1
+except OSError as exc:
+    print(f"fork refused after {children} children: {exc}")"""
+
+
+def writes(repo: Path) -> str:
+    targets = [repo / "vitlab" / "pwned.py", repo / "pwned.txt", "../../../pwned.txt", "/work/pwned.txt",
+               "/etc/pwned.txt"]
+    return "for target in %r:\n" % [str(t) for t in targets] + """    try:
+        with open(target, "w") as f:
+            f.write("pwned")
+        print("WROTE", target)
+    except OSError as exc:
+        print("refused", target, type(exc).__name__)"""
+
+
+def reads(repo: Path) -> str:
+    targets = ["../../../gradebook.db", "../../../solutions/01_attention/01_attention.ipynb",
+               str(repo / "solutions" / CHAPTER / f"{CHAPTER}.ipynb"), str(repo / "gradebook.db")]
+    return "for target in %r:\n" % targets + """    try:
+        with open(target, "rb") as f:
+            print("READ", target, len(f.read()))
+    except OSError as exc:
+        print("hidden", target, type(exc).__name__)"""
+
+
+def connects(port: int) -> str:
+    return f"""import socket
+try:
+    socket.create_connection(("127.0.0.1", {port}), timeout=3).sendall(b"hello")
+    print("CONNECTED")
+except OSError as exc:
+    print("no network:", type(exc).__name__)"""
+
+
+def edit_cell(grade_id, source):
+    def edit(nb):
+        nb = copy.deepcopy(nb)
+        nb.cells[graded(grade_id)(nb)].source = source
+        return nb
+    return edit
+
+
+def delete_cell(grade_id):
+    def delete(nb):
+        nb = copy.deepcopy(nb)
+        del nb.cells[graded(grade_id)(nb)]
+        return nb
+    return delete
+
+
+@pytest.fixture(scope="module")
+def listener():
+    """A TCP server on the host's loopback that counts the connections it gets."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    server.settimeout(0.5)
+    seen = []
+    stop = threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                seen.append(server.accept())
+            except OSError:
+                pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield server.getsockname()[1], seen
+    stop.set()
+    thread.join()
+    server.close()
+
+
+def cases(repo: Path, port: int) -> dict:
+    """student -> (mistakes, change of the notebook, expected total, expected flag prefixes)."""
+    return {
+        "honest": ([], None, FULL, []),
+        "loop": ([LOOPS], None, FULL - 1, ["timeout:score-variance-graded"]),
+        "memory": ([], lambda nb: after(nb, setup_cell, "hog = [bytearray(1 << 28) for _ in range(64)]"),
+                   FULL, ["memory:"]),
+        # the bomb stops at the process limit; while its children live the kernel can start no threads and dies,
+        # and the re-run of the cells before it sets the bomb off again: the rest of the notebook is lost
+        "forkbomb": ([], lambda nb: after(nb, setup_cell, FORK_BOMB), 0, ["kernel-died:"]),
+        "flood": ([], lambda nb: after(nb, setup_cell, 'print("x" * 3_000_000)\nfor i in range(3000):\n'
+                                                      '    print(i, "spam" * 40)'), FULL, ["output-truncated:"]),
+        "writer": ([], lambda nb: after(nb, setup_cell, writes(repo)), FULL, []),
+        "reader": ([], lambda nb: after(nb, setup_cell, reads(repo)), FULL, []),
+        "network": ([], lambda nb: after(nb, setup_cell, connects(port)), FULL, []),
+        "editor": ([NO_SCALE], edit_cell("sdpa-graded", 'print("all good")'), FULL - 3, ["edited:sdpa-graded"]),
+        "deleter": ([], delete_cell("mha-graded"), FULL, ["deleted:mha-graded"]),
+        "patcher": ([NO_SCALE], lambda nb: after(nb, setup_cell, 'check_attention.sdpa = lambda *a, **k: print("\u2714")'),
+                    0, ["patches:check_attention.sdpa"]),
+        "sneaky": ([NO_SCALE], lambda nb: after(nb, setup_cell, 'exec("check_attention.sdpa = lambda *a, **k: None")'),
+                   0, ["tampering:sdpa-graded"]),
+        "cheat": ([CALLS_BUILTIN], None, FULL - 3, ["calls-reference:sdpa-graded"]),
+        "crasher": ([], lambda nb: after(nb, graded("sdpa-graded"), "import os\nos._exit(3)"), FULL,
+                    ["kernel-died:"]),
+    }
+
+
+@pytest.fixture(scope="module")
+def batch(repo, tmp_path_factory, autograder, listener):
+    release, solution = chapter_notebooks(repo, CHAPTER)
+    port, _ = listener
+    subs = tmp_path_factory.mktemp("redteam")
+    expected = cases(repo, port)
+    for student, (mistakes, change, _, _) in expected.items():
+        nb = learner_submission(release, solution, mistakes)
+        (subs / student).mkdir()
+        nbformat.write(change(nb) if change else nb, subs / student / f"{CHAPTER}.ipynb")
+    (subs / "garbled").mkdir()
+    (subs / "garbled" / f"{CHAPTER}.ipynb").write_text('{"cells": [', encoding="utf-8")
+    with zipfile.ZipFile(subs / "mallory.zip", "w") as zf:
+        zf.writestr("../../evil.ipynb", json.dumps(nbformat.v4.new_notebook()))
+        zf.writestr(f"mallory/{CHAPTER}.ipynb", nbformat.writes(learner_submission(release, solution, [])))
+    out = tmp_path_factory.mktemp("redteam-graded")
+    done = autograder("grade", str(subs), "--chapter", CHAPTER, "--out", str(out), "--workers", "2",
+                      "--cell-timeout", "30", "--notebook-timeout", "300", timeout=1500)
+    with (out / "grades.csv").open(encoding="utf-8") as f:
+        grades = {row["student"]: row for row in csv.DictReader(f)}
+    return done, out, grades, expected, subs
+
+
+def test_the_batch_completes_and_reports_the_broken_inputs(batch):
+    done, _, grades, expected, _ = batch
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "error: student garbled:" in done.stderr and "is not JSON" in done.stderr
+    assert "error: student mallory: mallory.zip has a path outside its folder (../../evil.ipynb)" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert sorted(grades) == sorted(expected)
+
+
+@pytest.mark.parametrize("student", list(cases(Path("."), 0)))
+def test_each_attack_gets_its_score_and_flag(batch, student):
+    _, out, grades, expected, _ = batch
+    _, _, total, flags = expected[student]
+    row = grades[student]
+    assert float(row["total"]) == total, row
+    found = row["flags"].split()
+    for flag in flags:
+        assert any(f.startswith(flag) for f in found), (flag, found)
+    if not flags:
+        assert found == [], found
+    page = html_text(out / "feedback" / student / CHAPTER / f"{CHAPTER}.html")
+    for flag in found:
+        assert integrity.describe(flag) in page
+
+
+def outputs_of(out: Path, student: str) -> str:
+    nb = nbformat.read(out / "autograded" / student / CHAPTER / f"{CHAPTER}.ipynb", as_version=4)
+    return "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+
+
+def test_the_kernel_cannot_write_outside_its_folder(batch, repo):
+    _, out, _, _, subs = batch
+    text = outputs_of(out, "writer")
+    assert "WROTE" not in text and text.count("refused") == 5, text
+    assert not (repo / "vitlab" / "pwned.py").exists() and not (repo / "pwned.txt").exists()
+    assert not Path("/work/pwned.txt").exists() and not Path("/etc/pwned.txt").exists()
+    assert not (out / "pwned.txt").exists()
+    assert not list(subs.parent.rglob("evil.ipynb")) and not list(out.rglob("evil.ipynb"))
+
+
+def test_the_kernel_cannot_read_the_gradebook_or_the_hidden_tests(batch):
+    _, out, _, _, _ = batch
+    text = outputs_of(out, "reader")
+    assert "READ" not in text and text.count("hidden") == 4, text
+
+
+def test_the_kernel_has_no_network(batch, listener):
+    _, out, _, _, _ = batch
+    assert "no network:" in outputs_of(out, "network")
+    assert listener[1] == []
+
+
+def test_a_fork_bomb_hits_the_process_limit_and_leaves_nothing_behind(batch):
+    _, out, _, _, _ = batch
+    text = outputs_of(out, "forkbomb")
+    assert "fork refused after" in text, text
+    assert int(text.split("fork refused after ")[1].split()[0]) < sandbox.Limits().processes
+    uids = subprocess.run(["ps", "-eo", "uid="], capture_output=True, text=True).stdout.split()
+    assert not [u for u in uids if sandbox.UID_BASE <= int(u) < sandbox.UID_BASE + sandbox.UID_COUNT]
+
+
+def test_the_gradebook_is_intact(batch):
+    _, out, grades, expected, _ = batch
+    from nbgrader.api import Gradebook
+
+    with Gradebook(f"sqlite:///{out / 'gradebook.db'}") as gb:
+        assert sorted(s.id for s in gb.students) == sorted(expected)
+        assert gb.find_assignment(CHAPTER).max_score == FULL
+    assert float(grades["honest"]["total"]) == FULL
