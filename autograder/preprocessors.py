@@ -1,6 +1,8 @@
 """nbgrader preprocessors: feedback that keeps hidden tests hidden, and execution with budgets."""
 import copy
 import json
+import os
+import subprocess
 import time
 
 from jupyter_core.utils import run_sync
@@ -78,16 +80,26 @@ class GuardedExecute(Execute):
 
     def _restart(self, index: int) -> None:
         """A fresh kernel that has run the code cells before `index` again (their outputs unchanged)."""
-        run_sync(self.km.restart_kernel)(now=True)
-        run_sync(self.kc.wait_for_ready)(timeout=self.startup_timeout)
+        self._fresh_kernel()
         for number, before in enumerate(self.nb.cells[:index]):
             if before.cell_type == "code":
                 replay = copy.deepcopy(before)
                 try:
                     self.execute_cell(replay, number, store_history=False)
                 except Exception:  # noqa: BLE001 - it failed the first time round too: start clean again
-                    run_sync(self.km.restart_kernel)(now=True)
-                    run_sync(self.kc.wait_for_ready)(timeout=self.startup_timeout)
+                    self._fresh_kernel()
+
+    def _fresh_kernel(self) -> None:
+        """Stop the kernel, wait until the processes it left are gone (a fork bomb's children hold the sandbox
+        uid's process limit), start a new one."""
+        run_sync(self.km.shutdown_kernel)(now=True, restart=True)
+        uid = os.environ.get("VITLAB_SANDBOX_UID")
+        for _ in range(100):
+            if not uid or subprocess.run(["pkill", "-KILL", "-u", uid], capture_output=True).returncode == 1:
+                break  # pkill found nothing left to kill
+            time.sleep(0.1)
+        run_sync(self.km.start_kernel)(**self.km._launch_args)
+        run_sync(self.kc.wait_for_ready)(timeout=self.startup_timeout)
 
     def output(self, outs, msg, display_id, cell_index):
         # printed text counts in full; pictures and other rich output count a tenth (a figure is ~100 kB)

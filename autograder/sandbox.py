@@ -133,6 +133,7 @@ def prepare(course: Path, student: str, chapter: str, uid: int | None, limits: L
         "JUPYTER_PATH": str(base),
         "JUPYTER_RUNTIME_DIR": str(runtime),
         "TMPDIR": str(runtime),  # where jupyter_client writes the connection file
+        **({"VITLAB_SANDBOX_UID": str(uid)} if uid is not None else {}),  # GuardedExecute cleans up after it
         "--Execute.kernel_name": KERNEL_NAME,
         "--KernelManager.transport": "ipc",
         "--KernelManager.ip": str(sockets / "kernel"),

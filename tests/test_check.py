@@ -200,3 +200,13 @@ def test_switching_off_the_watch_inside_a_check_fails_it():
     with pytest.raises(check.CheckFailed, match="calls sys.setprofile"):
         check.check_function(sneaky, lambda x: torch.softmax(x, -1), [{"x": torch.randn(3)}], name="softmax",
                              forbidden={torch.softmax: "torch.softmax"}, grad=False)
+
+
+def test_verify_integrity_accepts_torchs_own_wrappers():
+    """torch._dynamo wraps torch.manual_seed when an optimizer first imports it: not tampering."""
+    from vitlab import check
+
+    torch.optim.AdamW([nn.Parameter(torch.ones(2))])
+    import torch._dynamo  # noqa: F401
+
+    check.verify_integrity()
