@@ -104,3 +104,46 @@ def timm():
             for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
                 del sys.modules[name]
     return timm
+
+
+# ---- 05_training: timm's training pieces (timm.data imports torchvision.transforms at import time) ----
+@pytest.fixture(scope="session")
+def timm_training(timm):
+    """timm with timm.data (Mixup), timm.loss and timm.scheduler imported, torchvision stubbed while they import."""
+    stub = None
+    if importlib.util.find_spec("torchvision") is None:
+        stub = TorchvisionStub()
+        sys.meta_path.insert(0, stub)
+    try:
+        import timm.data
+        import timm.loss
+        import timm.scheduler
+        import timm.utils.model_ema
+    finally:
+        if stub is not None:
+            sys.meta_path.remove(stub)
+            for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
+                del sys.modules[name]
+    return timm
+
+
+# ---- 09_clip: open_clip (installed --no-deps) imported with torchvision stubbed ----
+@pytest.fixture(scope="session")
+def open_clip():
+    """The open_clip package (pip install --no-deps open_clip_torch==3.3.0); torchvision is stubbed while it imports."""
+    if importlib.util.find_spec("open_clip") is None:
+        pytest.skip("open_clip is not installed (pip install --no-deps open_clip_torch==3.3.0)")
+    stub = None
+    if "open_clip" not in sys.modules and importlib.util.find_spec("torchvision") is None:
+        stub = TorchvisionStub()
+        sys.meta_path.insert(0, stub)
+    try:
+        import open_clip
+        import open_clip.loss
+        import open_clip.model
+    finally:
+        if stub is not None:
+            sys.meta_path.remove(stub)
+            for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
+                del sys.modules[name]
+    return open_clip

@@ -466,3 +466,110 @@ def stacked_bars(rows: Mapping[str, Mapping[str, float]], *, ax: Axes | None = N
     if title:
         ax.set_title(title)
     return fig
+
+
+# ---- 07_detection: boxes drawn on images ----
+
+BOX_COLOURS = ("tab:orange", "tab:cyan", "tab:pink", "tab:olive", "tab:purple", "tab:brown")
+
+
+def draw_boxes(ax: Axes, boxes, size: int, labels=None, scores=None, *, class_names: Sequence[str] | None = None,
+               dashed: bool = False, color: str | None = None, lw: float = 1.5) -> None:
+    """Draw normalised cxcywh `boxes` (n, 4) on an image of size x size pixels shown with `_show`'s extent.
+
+    Each box is coloured by its label (or `color`), captioned with its class name and `scores` when given;
+    `dashed` marks ground truth.
+    """
+    boxes = to_numpy(boxes).reshape(-1, 4) * size
+    labels = [0] * len(boxes) if labels is None else [int(k) for k in to_numpy(labels).reshape(-1)]
+    for i, ((cx, cy, w, h), k) in enumerate(zip(boxes, labels)):
+        edge = color or BOX_COLOURS[k % len(BOX_COLOURS)]
+        ax.add_patch(Rectangle((cx - w / 2, cy - h / 2), w, h, fill=False, edgecolor=edge, lw=lw,
+                               linestyle="--" if dashed else "-"))
+        caption = class_names[k] if class_names else ""
+        if scores is not None:
+            caption = f"{caption} {float(to_numpy(scores).reshape(-1)[i]):.2f}".strip()
+        if caption:
+            ax.text(cx - w / 2, cy - h / 2 - 0.5, caption, color=edge, fontsize=7, va="bottom",
+                    clip_on=True)
+
+
+def scene_panel(ax: Axes, image, target: dict | None = None, found: dict | None = None,
+                class_names: Sequence[str] | None = None, title: str | None = None) -> None:
+    """One image with its ground-truth boxes (white, dashed) and predicted boxes (coloured by class, with scores)."""
+    img = image_hwc(image)
+    _show(ax, img)
+    size = img.shape[0]
+    if target is not None:
+        draw_boxes(ax, target["boxes"], size, dashed=True, color="white", lw=1.0)
+    if found is not None:
+        draw_boxes(ax, found["boxes"], size, found["labels"], found.get("scores"), class_names=class_names)
+    if title:
+        ax.set_title(title, fontsize=9)
+
+
+# ---- 08_segmentation: class masks in colour ----
+
+SEGMENT_COLOURS = ("#1b1b1b", "#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4")
+
+
+def colour_mask(mask, colours: Sequence[str] = SEGMENT_COLOURS) -> np.ndarray:
+    """A class mask (H, W) of ints -> an RGB picture (H, W, 3): class k in colours[k] (0, background, near black)."""
+    from matplotlib.colors import to_rgb
+
+    table = np.array([to_rgb(c) for c in colours])
+    return table[np.asarray(to_numpy(mask), dtype=int) % len(table)]
+
+
+def show_segmentation(images, rows: Mapping[str, object], class_names: Sequence[str], *, ncols: int = 8,
+                      panel_size: float = 1.4, suptitle: str | None = None) -> Figure:
+    """Images (N, 3, H, W) in the first row, then one row of class masks (N, H, W) per entry of `rows`.
+
+    `class_names` names classes 0, 1, ... (0 is the background); the legend shows their colours.
+    """
+    from matplotlib.patches import Patch
+
+    n = min(len(images), ncols)
+    fig, axes = plt.subplots(1 + len(rows), n, figsize=(panel_size * n, panel_size * (1 + len(rows)) + 0.6),
+                             layout="constrained", squeeze=False)
+    pictures = [image_hwc(images[i]) for i in range(n)]
+    for r, (label, masks) in enumerate([("image", None), *rows.items()]):
+        for i in range(n):
+            ax = axes[r, i]
+            ax.imshow(pictures[i] if masks is None else colour_mask(masks[i]), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[r, 0].set_ylabel(label, fontsize=9)
+    handles = [Patch(color=SEGMENT_COLOURS[k], label=name) for k, name in enumerate(class_names)]
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8)
+    if suptitle:
+        fig.suptitle(suptitle)
+    return fig
+
+
+# ---- 05_training: many small images in one axes ----
+def image_mosaic(images, titles: Sequence[str] | None = None, *, ncols: int = 8, ax: Axes | None = None,
+                 suptitle: str | None = None, panel_size: float = 1.3, pad: int = 1) -> Figure:
+    """A batch of images (N, C, H, W) in [0, 1] (C = 1 or 3) tiled into one picture, `pad` white pixels apart
+    (more between rows, for the titles), with one short title above each tile: the look of `show_images` at the
+    cost of a single axes."""
+    x = to_numpy(images).clip(0, 1)
+    n, c, h, w = x.shape
+    nrows = -(-n // ncols)
+    row_gap = max(pad, round(0.25 * h)) if titles else pad
+    grid = np.ones((nrows * (h + row_gap), ncols * (w + pad) - pad, 3))
+    for i in range(n):
+        r, col = divmod(i, ncols)
+        top, left = r * (h + row_gap) + row_gap, col * (w + pad)
+        tile = x[i].transpose(1, 2, 0)
+        grid[top: top + h, left: left + w] = 1 - tile if c == 1 else tile  # grey: ink dark on light
+    fig, ax = _axes(ax, (panel_size * ncols, panel_size * nrows * (h + row_gap) / h + 0.3))
+    ax.imshow(grid, interpolation="nearest")
+    ax.set_axis_off()
+    for i, title in enumerate(titles or []):
+        r, col = divmod(i, ncols)
+        ax.text(col * (w + pad) + w / 2, r * (h + row_gap) + row_gap - 0.8, title, ha="center", va="bottom",
+                fontsize=8)
+    if suptitle:
+        ax.set_title(suptitle)
+    return fig

@@ -503,3 +503,405 @@ class AttentionMapViewer(FigureWidget):
         return fig
 
 
+
+
+# ---- 07_detection: predictions above a score threshold ----
+
+class DetectionExplorer(FigureWidget):
+    """A detector's predictions on a page of images, kept when their score exceeds the threshold slider.
+
+    `found` holds every query of every image ({"scores", "labels", "boxes"} per image, as
+    `vitlab.detection.detect(..., threshold=0)` gives them); ground truth is drawn dashed. Each panel counts
+    true positives (IoU >= 0.5 with an unclaimed box of the same class, best scores first), false positives and
+    missed objects, so moving the slider shows the trade that the precision-recall curve sums up.
+    """
+
+    def __init__(self, images: torch.Tensor, found: list[dict], targets: list[dict], class_names, page: int = 0,
+                 threshold: float = 0.5, per_page: int = 6):
+        self.images, self.found, self.targets, self.class_names = images, found, targets, list(class_names)
+        self.per_page = per_page
+        self.page = W.IntSlider(value=page, min=0, max=(len(images) - 1) // per_page, description="page")
+        self.threshold = W.FloatSlider(value=threshold, min=0.0, max=0.99, step=0.01, description="score >")
+        self.out = W.Output()
+        for control in (self.page, self.threshold):
+            control.observe(self._redraw, names="value")
+        super().__init__([W.HBox([self.page, self.threshold]), self.out])
+        self.show()
+
+    def counts(self, i: int) -> tuple[int, int, int]:
+        """(true positives, false positives, missed objects) of image i at the current threshold."""
+        from vitlab.detection import box_cxcywh_to_xyxy, box_iou
+
+        found, target = self.found[i], self.targets[i]
+        keep = found["scores"] > self.threshold.value
+        order = found["scores"][keep].argsort(descending=True)
+        boxes, labels = found["boxes"][keep][order], found["labels"][keep][order]
+        if not len(boxes) or not len(target["boxes"]):
+            return 0, len(boxes), len(target["boxes"])
+        iou = box_iou(box_cxcywh_to_xyxy(boxes), box_cxcywh_to_xyxy(target["boxes"]))[0]
+        claimed, tp = set(), 0
+        for p in range(len(boxes)):
+            free = [(iou[p, t].item(), t) for t in range(len(target["boxes"]))
+                    if t not in claimed and target["labels"][t] == labels[p] and iou[p, t] >= 0.5]
+            if free:
+                claimed.add(max(free)[1])
+                tp += 1
+        return tp, len(boxes) - tp, len(target["boxes"]) - tp
+
+    def figure(self) -> Figure:
+        start = self.page.value * self.per_page
+        shown = range(start, min(start + self.per_page, len(self.images)))
+        fig = Figure(figsize=(2.6 * self.per_page, 3.1))
+        axes = fig.subplots(1, self.per_page, squeeze=False)[0]
+        fig.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=0.8, wspace=0.05)
+        totals = np.zeros(3, dtype=int)
+        for ax, i in zip(axes, shown):
+            keep = self.found[i]["scores"] > self.threshold.value
+            kept = {k: v[keep] for k, v in self.found[i].items()}
+            tp, fp, missed = self.counts(i)
+            totals += (tp, fp, missed)
+            viz.scene_panel(ax, self.images[i], self.targets[i], kept, self.class_names,
+                            title=f"image {i}: {tp} hit, {fp} false, {missed} missed")
+        for ax in axes[len(shown):]:
+            ax.axis("off")
+        fig.suptitle(f"score > {self.threshold.value:.2f}: {totals[0]} hits, {totals[1]} false alarms, "
+                     f"{totals[2]} missed on this page (dashed white: ground truth)", fontsize=11)
+        return fig
+
+
+# ---- 10_beyond: the ImageGPT palette explorer ----
+
+
+class PaletteExplorer(FigureWidget):
+    """A photo quantised to a k-colour palette learned by k-means (ImageGPT's pixel tokens), with a k slider.
+
+    The palette is fitted on a random sample of the photo's pixels, from k distinct sampled pixels, with
+    `vitlab.beyond.kmeans`; each k is fitted once and kept. The figure shows the photo, its quantised version
+    with the error per pixel, and the palette sorted by how many pixels use each colour.
+    """
+
+    def __init__(self, photo: str = "chelsea", size: int = 96, k: int = 8, sample: int = 4096, seed: int = 0):
+        from vitlab import data
+
+        self.image = data.photo(photo, size)
+        pixels = self.image.permute(1, 2, 0).reshape(-1, 3)
+        pick = torch.randperm(len(pixels), generator=torch.Generator().manual_seed(seed))[:sample]
+        self.sample, self.seed, self.palettes = pixels[pick], seed, {}
+        self.k = W.SelectionSlider(options=[2, 4, 8, 16, 32, 64, 128, 512], value=k, description="palette k",
+                                   continuous_update=False)
+        self.out = W.Output()
+        self.k.observe(self._redraw, names="value")
+        super().__init__([self.k, self.out])
+        self._redraw()
+
+    def palette(self, k: int | None = None) -> torch.Tensor:
+        """The fitted palette (k, 3) for k colours (the slider's k by default)."""
+        from vitlab import beyond
+
+        k = self.k.value if k is None else k
+        if k not in self.palettes:
+            start = beyond.init_palette(self.sample, k, self.seed)
+            self.palettes[k] = beyond.kmeans(self.sample, start, max_iter=30)[0]
+        return self.palettes[k]
+
+    def figure(self) -> Figure:
+        from vitlab import beyond
+
+        palette = self.palette()
+        indices = beyond.quantise(self.image[None], palette)[0]
+        quantised = beyond.dequantise(indices[None], palette)[0]
+        error = (quantised - self.image).pow(2).mean().sqrt().item()
+        fig = Figure(figsize=(11, 3.8), layout="constrained")
+        axes = fig.subplots(1, 3, width_ratios=[1, 1, 1.2])
+        for ax, img, title in ((axes[0], self.image, "photo (24-bit colour)"),
+                               (axes[1], quantised, f"k = {len(palette)}: RMS error {error:.3f}")):
+            ax.imshow(img.permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
+            ax.set(title=title, xticks=[], yticks=[])
+        counts = torch.bincount(indices.flatten(), minlength=len(palette))
+        order = counts.argsort(descending=True)
+        share = (counts[order].float() / counts.sum()).numpy()
+        axes[2].bar(range(len(palette)), share, color=palette[order].clamp(0, 1).numpy(), width=1.0,
+                    edgecolor="black" if len(palette) <= 32 else "none", linewidth=0.5)
+        axes[2].set(title=f"the palette: {math.log2(len(palette)):.0f} bits per pixel token",
+                    xlabel="colour, by use", ylabel="share of pixels")
+        return fig
+
+
+# ---- 08_segmentation: a segmenter's score maps, upsampling and threshold ----
+
+
+class SegmentationExplorer(FigureWidget):
+    """What a trained `vitlab.segmentation.Segmenter` sees: pick an image, a class, an upsampling mode, a threshold.
+
+    The decoder's scores on the patch grid are computed once for `images` (B, 3, H, W). Panels: the image; the
+    true mask; the decoder's raw score for the class on the patch grid (for the mask transformer, a LayerNorm of
+    cosine similarities); its probability after upsampling and the softmax, with the threshold's outline; and the
+    pixels above the threshold against the truth (white: both, red: predicted only, blue: missed), with their IoU.
+    """
+
+    def __init__(self, model, images: torch.Tensor, masks: torch.Tensor, class_names, image: int = 0,
+                 klass: int = 1):
+        from vitlab import segmentation
+
+        was_training = model.training
+        model.eval()
+        backbone, patch = model.backbone, model.backbone.patch_size
+        with torch.no_grad():
+            device = next(model.parameters()).device
+            padded = segmentation.pad_to_multiple(images.to(device), patch)
+            grid = (padded.shape[-2] // patch, padded.shape[-1] // patch)
+            tokens = backbone.forward_features(padded)[:, backbone.num_prefix_tokens:]
+            self.scores = model.decoder(tokens, grid).float().cpu()              # (B, K, h, w)
+        model.train(was_training)
+        self.images, self.masks, self.patch = images.cpu(), masks.cpu(), patch
+        self.class_names = list(class_names)
+        opts = dict(continuous_update=False)
+        self.image = W.IntSlider(value=image, min=0, max=len(images) - 1, description="image", **opts)
+        self.klass = W.Dropdown(options=[(n, k) for k, n in enumerate(self.class_names)], value=klass,
+                                description="class")
+        self.mode = W.ToggleButtons(options=["nearest", "bilinear", "bicubic"], value="bilinear",
+                                    description="upsampling")
+        self.threshold = W.FloatSlider(value=0.5, min=0.05, max=0.95, step=0.05, description="threshold", **opts)
+        self.out = W.Output()
+        for control in (self.image, self.klass, self.mode, self.threshold):
+            control.observe(self._redraw, names="value")
+        super().__init__([W.HBox([self.image, self.klass]), W.HBox([self.mode, self.threshold]), self.out])
+        self._redraw()
+
+    def probability(self) -> torch.Tensor:
+        """The chosen class's probability (H, W) for the chosen image, upsampling mode applied before the softmax."""
+        from vitlab import segmentation
+
+        b = self.image.value
+        size = tuple(self.images.shape[-2:])
+        logits = segmentation.upsample_to(self.scores[b:b + 1], size, self.patch, self.mode.value)
+        return logits.softmax(1)[0, self.klass.value]
+
+    def figure(self) -> Figure:
+        b, k = self.image.value, self.klass.value
+        prob = self.probability()
+        predicted, truth = prob > self.threshold.value, self.masks[b] == k
+        union = int((predicted | truth).sum())
+        iou = int((predicted & truth).sum()) / union if union else float("nan")
+        fig = Figure(figsize=(14, 3.6))
+        axes = fig.subplots(1, 5)
+        fig.subplots_adjust(left=0.01, right=0.99, bottom=0.04, top=0.8, wspace=0.08)
+        axes[0].imshow(viz.image_hwc(self.images[b]), interpolation="nearest")
+        axes[0].set_title(f"image {b}", fontsize=9)
+        axes[1].imshow(viz.colour_mask(self.masks[b]), interpolation="nearest")
+        axes[1].set_title("true mask", fontsize=9)
+        axes[2].imshow(viz.to_numpy(self.scores[b, k]), cmap="viridis", interpolation="nearest")
+        axes[2].set_title(f"decoder score for '{self.class_names[k]}'\non the {self.scores.shape[-2]} x "
+                          f"{self.scores.shape[-1]} patch grid", fontsize=9)
+        axes[3].imshow(viz.to_numpy(prob), cmap="magma", vmin=0, vmax=1, interpolation="nearest")
+        axes[3].contour(viz.to_numpy(prob), levels=[self.threshold.value], colors="cyan", linewidths=1)
+        axes[3].set_title(f"P({self.class_names[k]}), {self.mode.value} upsampling\noutline at "
+                          f"{self.threshold.value:.2f}", fontsize=9)
+        both = np.zeros((*truth.shape, 3))
+        both[viz.to_numpy(predicted & truth) > 0] = (1, 1, 1)
+        both[viz.to_numpy(predicted & ~truth) > 0] = (0.9, 0.2, 0.2)
+        both[viz.to_numpy(~predicted & truth) > 0] = (0.2, 0.4, 1.0)
+        axes[4].imshow(both, interpolation="nearest")
+        axes[4].set_title(f"above threshold vs truth: IoU {iou:.3f}\nwhite both, red extra, blue missed", fontsize=9)
+        for ax in axes:
+            ax.set_axis_off()
+        return fig
+
+
+# ---- 06_transfer_and_scale: layer-wise lr decay, layer by layer ----
+
+from matplotlib.ticker import FuncFormatter, NullFormatter  # noqa: E402 - this block's own import
+
+
+class LayerDecayExplorer(FigureWidget):
+    """The lr multiplier of every layer of a ViT under layer-wise lr decay, and where the parameters sit.
+
+    Layer 0 is the stem, i + 1 block i, L + 1 the final norm and head (BEiT's convention); layer j trains at
+    decay ** (L + 1 - j) of the head's rate. Models are built on the meta device, so counting costs nothing.
+    """
+
+    def __init__(self, configs: dict[str, dict], decay: float = 0.65):
+        self.configs = configs
+        self.model = W.Dropdown(options=list(configs), description="model")
+        self.decay = W.FloatSlider(value=decay, min=0.4, max=1.0, step=0.05, description="layer decay",
+                                   continuous_update=False)
+        self.out = W.Output()
+        for control in (self.model, self.decay):
+            control.observe(self._redraw, names="value")
+        super().__init__([W.HBox([self.model, self.decay]), self.out])
+        self._redraw()
+
+    def layers(self) -> tuple[np.ndarray, np.ndarray]:
+        """(parameters per layer, lr multiplier per layer) for the chosen model and decay."""
+        from vitlab.transfer import layer_id
+        from vitlab.vit import VisionTransformer
+
+        config = self.configs[self.model.value]
+        with torch.device("meta"):
+            model = VisionTransformer(**config)
+        depth = len(model.blocks)
+        counts = np.zeros(depth + 2)
+        for name, p in model.named_parameters():
+            counts[layer_id(name, depth)] += p.numel()
+        return counts, self.decay.value ** (depth + 1 - np.arange(depth + 2))
+
+    def figure(self) -> Figure:
+        counts, scale = self.layers()
+        fig = Figure(figsize=(13, 3.8))
+        ax_lr, ax_share = fig.subplots(1, 2)
+        fig.subplots_adjust(left=0.07, right=0.98, bottom=0.16, top=0.86, wspace=0.25)
+        x = np.arange(len(scale))
+        ax_lr.bar(x, scale, color="tab:blue")
+        ax_lr.set_yscale("log")
+        ax_lr.set_ylim(min(scale.min() / 2, 0.5), 1.5)
+        ax_lr.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # plain labels: no mathtext
+        ax_lr.yaxis.set_minor_formatter(NullFormatter())
+        ax_lr.set_xlabel("layer (0 = stem, 1..L = blocks, L + 1 = norm + head)")
+        ax_lr.set_ylabel("lr / head lr (log)")
+        ax_lr.set_title(f"stem at {scale[0]:.2g} of the head's lr, first block at {scale[1]:.2g}")
+        moved = (counts * scale).sum() / counts.sum()
+        ax_share.bar(x, counts / counts.sum(), color=[(0.12, 0.47, 0.71, 0.25 + 0.75 * s) for s in scale])
+        ax_share.set_xlabel("layer")
+        ax_share.set_ylabel("share of all parameters")
+        ax_share.set_title(f"parameter-weighted mean lr: {moved:.2f} of the head's (darker = faster)")
+        return fig
+
+
+# ---- 05_training: mixup and cutmix, lambda by lambda ----
+class MixExplorer(FigureWidget):
+    """Mix two images with mixup or cutmix: a lambda slider, the cutmix box's centre, and the soft target.
+
+    images (N, C, H, W) in [0, 1], labels (N,), class_names. Image A is `first`, its partner B is `second`. The
+    panels show A, B, the mixed image (cutmix: the box from B outlined) and the target that goes with it,
+    label-smoothed by `smoothing`; for cutmix the lambda actually used is 1 - box area / image area.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, class_names, first: int = 0, second: int = 1,
+                 smoothing: float = 0.1):
+        self.images, self.labels, self.class_names, self.smoothing = images, labels, list(class_names), smoothing
+        h, w = images.shape[-2:]
+        n = len(images)
+        self.mode = W.ToggleButtons(options=["mixup", "cutmix"], value="cutmix", description="mode")
+        self.lam = W.FloatSlider(value=0.6, min=0.0, max=1.0, step=0.02, description="lambda", continuous_update=False)
+        self.cy = W.IntSlider(value=h // 2, min=0, max=h - 1, description="box row", continuous_update=False)
+        self.cx = W.IntSlider(value=w // 2, min=0, max=w - 1, description="box column", continuous_update=False)
+        self.first = W.IntSlider(value=first, min=0, max=n - 1, description="image A", continuous_update=False)
+        self.second = W.IntSlider(value=second, min=0, max=n - 1, description="image B", continuous_update=False)
+        self.out = W.Output()
+        for control in (self.mode, self.lam, self.cy, self.cx, self.first, self.second):
+            control.observe(self._redraw, names="value")
+        super().__init__([W.HBox([self.mode, self.lam]), W.HBox([self.cy, self.cx]),
+                          W.HBox([self.first, self.second]), self.out])
+        self._redraw()
+
+    def mixed(self) -> tuple[torch.Tensor, torch.Tensor, float, tuple[int, int, int, int] | None]:
+        """(mixed image (C, H, W), soft target (K,), the lambda used, the cutmix box or None)."""
+        from vitlab import augment, train
+
+        pair = self.images[[self.first.value, self.second.value]]
+        # the batch [A, B] flipped is [B, A]: A's partner is B, as in a training batch
+        targets = train.smooth_targets(self.labels[[self.first.value, self.second.value]], len(self.class_names),
+                                       self.smoothing)
+        lam = self.lam.value
+        if self.mode.value == "mixup":
+            x, t = augment.mixup(pair, targets, lam)
+            return x[0], t[0], lam, None
+        h, w = pair.shape[-2:]
+        box = augment.cutmix_box(h, w, lam, self.cy.value, self.cx.value)
+        x, t = augment.cutmix(pair, targets, lam, self.cy.value, self.cx.value)
+        return x[0], t[0], 1 - (box[1] - box[0]) * (box[3] - box[2]) / (h * w), box
+
+    def figure(self) -> Figure:
+        from matplotlib.patches import Rectangle
+
+        image, target, used, box = self.mixed()
+        fig = Figure(figsize=(13, 3.4))
+        axes = fig.subplots(1, 4, width_ratios=[1, 1, 1, 1.6])
+        fig.subplots_adjust(left=0.02, right=0.98, bottom=0.22, top=0.85, wspace=0.25)
+        a, b = self.first.value, self.second.value
+        for ax, img, title in [(axes[0], self.images[a], f"A: {self.class_names[int(self.labels[a])]}"),
+                               (axes[1], self.images[b], f"B: {self.class_names[int(self.labels[b])]}"),
+                               (axes[2], image, f"{self.mode.value}, lambda used {used:.2f}")]:
+            pixels = viz.image_hwc(img)
+            ax.imshow(pixels[..., 0] if pixels.shape[-1] == 1 else pixels, cmap="gray_r", vmin=0, vmax=1,
+                      interpolation="nearest")
+            ax.set_title(title, fontsize=9)
+            ax.set_axis_off()
+        if box is not None:
+            y0, y1, x0, x1 = box
+            axes[2].add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, color="tab:red", lw=2))
+            axes[2].set_title(f"cutmix: box {y1 - y0} x {x1 - x0}, lambda used {used:.2f}", fontsize=9)
+        k = len(self.class_names)
+        axes[3].bar(range(k), target.numpy(), color="tab:blue")
+        axes[3].set_xticks(range(k), self.class_names, rotation=30, fontsize=8)
+        axes[3].set_ylim(0, 1)
+        axes[3].set_title(f"soft target (label smoothing {self.smoothing})", fontsize=9)
+        for i, v in enumerate(target.tolist()):
+            axes[3].text(i, v + 0.02, f"{v:.3f}", ha="center", fontsize=7)
+        return fig
+
+
+# ---- 09_clip: the contrastive temperature, on a trained model's similarities ----
+
+
+class TemperatureExplorer(FigureWidget):
+    """What tau does to CLIP's softmax over captions: a temperature slider over a (N, N) cosine-similarity matrix.
+
+    Left: the image -> text probabilities softmax(sim / tau) of every row (image i's caption is text i). Middle: one
+    image's row as bars. Right: the contrastive loss and the mean probability of the right caption against tau,
+    with the current tau and the model's learned one marked. Smaller tau, sharper rows.
+    """
+
+    def __init__(self, similarity: torch.Tensor, learned_tau: float | None = None, tau: float = 0.07,
+                 row: int = 0, labels=None):
+        self.similarity = similarity.detach().double().cpu()
+        n = self.similarity.shape[0]
+        self.learned_tau = learned_tau
+        self.labels = labels
+        self.tau = W.FloatLogSlider(value=tau, base=10, min=-2.3, max=0.5, step=0.05, description="tau",
+                                    continuous_update=False)
+        self.row = W.IntSlider(value=row, min=0, max=n - 1, description="image", continuous_update=False)
+        self.out = W.Output()
+        for control in (self.tau, self.row):
+            control.observe(self._redraw, names="value")
+        super().__init__([W.HBox([self.tau, self.row]), self.out])
+        self._redraw()
+
+    def probabilities(self, tau: float | None = None) -> torch.Tensor:
+        """softmax(similarity / tau) over each row: (N, N)."""
+        return (self.similarity / (self.tau.value if tau is None else tau)).softmax(dim=-1)
+
+    def loss(self, tau: float) -> float:
+        """The symmetric contrastive loss of the matrix at temperature tau."""
+        logits = self.similarity / tau
+        labels = torch.arange(len(logits))
+        return float((torch.nn.functional.cross_entropy(logits, labels)
+                      + torch.nn.functional.cross_entropy(logits.T, labels)) / 2)
+
+    def figure(self) -> Figure:
+        p = self.probabilities()
+        n, i = p.shape[0], self.row.value
+        fig = Figure(figsize=(14, 4.0))
+        ax_m, ax_b, ax_l = fig.subplots(1, 3, width_ratios=[1.1, 1.3, 1.1])
+        fig.subplots_adjust(left=0.05, right=0.98, bottom=0.16, top=0.88, wspace=0.3)
+        viz.attention_heatmap(p, ax=ax_m, vmin=0, vmax=1, colorbar=False, xlabel="caption", ylabel="image",
+                              title=f"softmax(sim / {self.tau.value:.3f}) per image")
+        ax_m.axhline(i, color="tab:red", lw=0.8)
+        colours = ["tab:green" if j == i else "tab:blue" for j in range(n)]
+        ax_b.bar(range(n), p[i].numpy(), color=colours)
+        ax_b.set_ylim(0, 1)
+        name = f" ({self.labels[i]})" if self.labels is not None else ""
+        ax_b.set_title(f"image {i}{name}: P(right caption) = {p[i, i]:.2f}", fontsize=9)
+        ax_b.set_xlabel("caption (green: the right one)")
+        taus = np.logspace(-2.3, 0.5, 60)
+        ax_l.semilogx(taus, [self.loss(t) for t in taus], color="tab:blue", label="contrastive loss")
+        ax_l.semilogx(taus, [float(self.probabilities(t).diagonal().mean()) for t in taus], color="tab:green",
+                      label="mean P(right caption)")
+        ax_l.axhline(math.log(n), color="gray", ls="--", lw=1, label=f"log N = {math.log(n):.2f} (chance)")
+        ax_l.axvline(self.tau.value, color="tab:red", lw=1, label="tau now")
+        if self.learned_tau is not None:
+            ax_l.axvline(self.learned_tau, color="black", ls=":", lw=1, label=f"learned tau {self.learned_tau:.3f}")
+        ax_l.set_xlabel("temperature tau")
+        ax_l.legend(fontsize=7)
+        ax_l.set_title(f"loss at tau = {self.tau.value:.3f}: {self.loss(self.tau.value):.3f}", fontsize=9)
+        return fig
