@@ -152,3 +152,206 @@ def test_live_plot_only_in_a_notebook(monkeypatch):
     T.fit(nn.Linear(10, 2), separable(40), separable(20, seed=1), **args)
     assert len(shown) >= 3  # shown once, then redrawn at least at the end of each epoch
     assert all(isinstance(obj, IPython.display.Image) and obj.data[:4] == b"\x89PNG" for obj in shown)
+
+
+# ---------------------------------------------------------------- schedules against timm and torch
+
+
+def timm_cosine(timm, optimizer_lr=1.0, **kwargs):
+    """timm's CosineLRScheduler on a one-parameter SGD, stepped per update: its lr at each step."""
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=optimizer_lr)
+    sched = timm.scheduler.CosineLRScheduler(opt, t_in_epochs=False, **kwargs)
+    return lambda step: sched._get_lr(step)[0]
+
+
+@pytest.mark.parametrize("warmup_steps,warmup_lr_init,min_lr,prefix", [(0, 0.0, 0.0, False), (10, 1e-4, 1e-5, False),
+                                                                       (7, 0.0, 0.02, True), (25, 0.3, 0.0, False)])
+def test_cosine_lr_equals_timms_cosine_scheduler(timm_training, warmup_steps, warmup_lr_init, min_lr, prefix):
+    truth = timm_cosine(timm_training, 0.5, t_initial=100, warmup_t=warmup_steps, warmup_lr_init=warmup_lr_init,
+                        lr_min=min_lr, warmup_prefix=prefix)
+    for step in range(0, 260):
+        assert T.cosine_lr(step, 0.5, 100, warmup_steps, warmup_lr_init, min_lr, prefix) == pytest.approx(
+            truth(step), abs=1e-12), step
+
+
+def test_cosine_has_no_restart_it_stays_at_the_floor():
+    lrs = [T.cosine_lr(s, 1.0, 50, 5, 0.0, 0.1) for s in range(200)]
+    assert max(lrs[50:]) == min(lrs[50:]) == 0.1
+    assert all(b <= a for a, b in zip(lrs[5:], lrs[6:]))  # never rises after the warm-up
+
+
+def test_warmup_cosine_equals_timms_scheduler_with_the_warmup_as_a_prefix(timm_training):
+    truth = timm_cosine(timm_training, 1.0, t_initial=90, warmup_t=10, lr_min=0.1, warmup_prefix=True)
+    for step in range(130):  # (timm warms up to the base lr 1.0 from warmup_lr_init = 0, as warmup_cosine does)
+        assert T.warmup_cosine(step, 100, 10, min_ratio=0.1) == pytest.approx(truth(step), abs=1e-12), step
+
+
+def test_step_and_exponential_equal_torchs_schedulers():
+    for make, ours in [(lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=7, gamma=0.3),
+                        lambda s: T.step_lr(s, 0.2, 7, 0.3)),
+                       (lambda o: torch.optim.lr_scheduler.ExponentialLR(o, gamma=0.95),
+                        lambda s: T.exponential_lr(s, 0.2, 0.95))]:
+        opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.2)
+        sched = make(opt)
+        for step in range(40):
+            assert ours(step) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-12)
+            opt.step()
+            sched.step()
+
+
+def test_plot_schedules_draws_one_curve_per_schedule():
+    import matplotlib.pyplot as plt
+
+    fig = T.plot_schedules({"a": lambda s: 1.0, "b": lambda s: s / 10}, 11)
+    lines = fig.axes[0].get_lines()
+    assert len(lines) == 2 and list(lines[1].get_ydata()) == [s / 10 for s in range(11)]
+    plt.close(fig)
+
+
+def test_param_groups_skip_position_tables_and_tokens_by_name():
+    from vitlab.distill import DistilledVisionTransformer
+
+    model = DistilledVisionTransformer(img_size=8, patch_size=4, in_chans=1, num_classes=3, embed_dim=8, depth=1,
+                                       num_heads=2)
+    decay, no_decay = T.param_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    skipped = {names[id(p)] for p in no_decay["params"]}
+    assert {"cls_token", "dist_token", "pos_embed", "norm.weight", "head.bias"} <= skipped
+    assert all(names[id(p)].endswith("weight") and p.ndim > 1 for p in decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+# ------------------------------------------------------------------------------- clipping and AMP
+
+
+def grads_of(seed, shapes, scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    params = [nn.Parameter(torch.randn(*s, generator=g)) for s in shapes]
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=g) * scale
+    return params
+
+
+@pytest.mark.parametrize("scale,max_norm,norm_type", [(3.0, 1.0, 2.0), (0.01, 1.0, 2.0), (2.0, 0.5, 1.0),
+                                                      (2.0, 0.5, float("inf"))])
+def test_clip_grad_norm_equals_torch(scale, max_norm, norm_type):
+    ours, theirs = grads_of(0, [(3, 4), (5,), (2, 2, 2)], scale), grads_of(0, [(3, 4), (5,), (2, 2, 2)], scale)
+    total = T.clip_grad_norm(ours, max_norm, norm_type)
+    expected = torch.nn.utils.clip_grad_norm_(theirs, max_norm, norm_type)
+    assert torch.allclose(total, expected)
+    for a, b in zip(ours, theirs):
+        assert torch.allclose(a.grad, b.grad, atol=1e-7)
+    after = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad, norm_type) for p in ours]),
+                                     norm_type)
+    assert after <= max_norm + 1e-5
+
+
+def test_clip_grad_value_equals_torch():
+    ours, theirs = grads_of(1, [(4, 4), (3,)], 2.0), grads_of(1, [(4, 4), (3,)], 2.0)
+    T.clip_grad_value(ours, 0.7)
+    torch.nn.utils.clip_grad_value_(theirs, 0.7)
+    assert all(torch.equal(a.grad, b.grad) for a, b in zip(ours, theirs))
+    assert max(p.grad.abs().max() for p in ours) == pytest.approx(0.7)
+
+
+def test_grad_scaler_step_unscales_before_clipping():
+    """With a GradScaler (scale 2^10) the clipped update equals the one without scaling: the clipping threshold
+    applies to the true gradients. Clipping the scaled gradients would shrink the step by the scale."""
+    x, y = separable(32)
+    results = []
+    for scaler in (None, torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)):
+        torch.manual_seed(0)
+        model = nn.Linear(10, 2)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        norm = T.optimizer_step(F.cross_entropy(model(x), y) * 50, opt, scaler=scaler, clip_grad=0.1)
+        results.append((norm, [p.detach().clone() for p in model.parameters()]))
+    (norm_plain, plain), (norm_scaled, scaled) = results
+    assert norm_plain > 0.1 and torch.allclose(norm_plain, norm_scaled, rtol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(plain, scaled))
+
+
+def test_optimizer_step_clips_by_value_and_rejects_other_modes():
+    model = nn.Linear(3, 1, bias=False)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    before = model.weight.detach().clone()
+    T.optimizer_step((model(torch.full((1, 3), 100.0))).sum(), opt, clip_grad=0.01, clip_mode="value")
+    assert torch.allclose(before - model.weight.detach(), torch.full((1, 3), 0.01))
+    with pytest.raises(ValueError):
+        T.optimizer_step(model(torch.ones(1, 3)).sum(), opt, clip_grad=1.0, clip_mode="max")
+
+
+# --------------------------------------------------------------------------------------------- EMA
+
+
+def test_ema_decay_and_update_equal_timms_model_ema_v3(timm_training):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5), nn.Linear(5, 2))
+    theirs = timm_training.utils.model_ema.ModelEmaV3(model, decay=0.99, use_warmup=True, foreach=False)
+    ours = T.ModelEma(model, decay=0.99)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    for step in range(1, 40):
+        model.train()
+        loss = model(torch.randn(8, 4)).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        assert ours.update(model) == pytest.approx(theirs.get_decay(step), abs=1e-12)
+        theirs.update(model, step=step)
+    for (name, a), b in zip(ours.module.state_dict().items(), theirs.module.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6), name
+    assert not any(p.requires_grad for p in ours.module.parameters())
+
+
+def test_ema_decay_warms_up_from_a_copy():
+    assert T.ema_decay(1, 0.999) == 0.0  # the first update copies the weights
+    assert T.ema_decay(2, 0.999) == pytest.approx(1 - 2 ** (-2 / 3))
+    assert T.ema_decay(10 ** 6, 0.999) == 0.999 and T.ema_decay(5, 0.9, warmup=False) == 0.9
+
+
+# ------------------------------------------------------------------------------------------ losses
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.4])
+def test_label_smoothing_equals_torch_and_timm(timm_training, smoothing):
+    g = torch.Generator().manual_seed(3)
+    logits, target = torch.randn(16, 7, generator=g) * 3, torch.randint(7, (16,), generator=g)
+    ours = T.label_smoothing_cross_entropy(logits, target, smoothing)
+    assert ours == pytest.approx(F.cross_entropy(logits, target, label_smoothing=smoothing).item(), rel=1e-6)
+    if smoothing:
+        timm_loss = timm_training.loss.LabelSmoothingCrossEntropy(smoothing)(logits, target)
+        assert ours == pytest.approx(timm_loss.item(), rel=1e-6)
+
+
+def test_smoothed_targets_are_eps_over_k_and_soft_ce_matches_timm(timm_training):
+    q = T.smooth_targets(torch.tensor([2, 0]), 4, 0.2)
+    assert torch.allclose(q, torch.tensor([[0.05, 0.05, 0.85, 0.05], [0.85, 0.05, 0.05, 0.05]]))
+    logits = torch.randn(2, 4)
+    expected = timm_training.loss.SoftTargetCrossEntropy()(logits, q)
+    assert T.soft_target_cross_entropy(logits, q) == pytest.approx(expected.item(), rel=1e-6)
+    assert T.soft_target_cross_entropy(logits, q) == pytest.approx(
+        T.label_smoothing_cross_entropy(logits, torch.tensor([2, 0]), 0.2).item(), rel=1e-6)
+
+
+# ---------------------------------------------------------------------------- fit with the tricks
+
+
+def test_fit_with_mixup_ema_clipping_and_a_loss_of_its_own():
+    from vitlab.augment import Mixup
+
+    train, val = separable(256), separable(128, seed=1)
+    torch.manual_seed(0)
+    model = nn.Linear(10, 2)
+    ema = T.ModelEma(model, decay=0.9)
+    history = T.fit(model, train, val, epochs=4, lr=0.05, batch_size=32, device="cpu", plot=False, progress=False,
+                    mix=Mixup(2, mixup_alpha=0.4, cutmix_alpha=0.0, seed=0), clip_grad=1.0, ema=ema)
+    assert history["val_acc"][-1] > 0.9 and len(history["ema_val_acc"]) == 4
+    assert history["ema_val_acc"][-1] == T.evaluate(ema.module, val) > 0.9
+    seen = []
+
+    def loss_fn(outputs, inputs, targets):
+        seen.append((outputs.shape, inputs.shape, targets.shape))
+        return F.cross_entropy(outputs, targets)
+
+    T.fit(nn.Linear(10, 2), train, None, epochs=1, lr=0.05, batch_size=64, device="cpu", plot=False, progress=False,
+          loss_fn=loss_fn)
+    assert seen == [((64, 2), (64, 10), (64,))] * 4
