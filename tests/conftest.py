@@ -2,6 +2,7 @@
 imported with torchvision stubbed (timm imports torchvision, whose wheels do not import beside torch's CPU build)."""
 from __future__ import annotations
 
+import contextlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
@@ -84,66 +85,57 @@ class TorchvisionStub(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         pass
 
 
-@pytest.fixture(scope="session")
-def timm():
-    """The timm package (installed --no-deps by the test command); torchvision is stubbed only while it imports."""
-    if importlib.util.find_spec("timm") is None:
-        pytest.skip("timm is not installed (pip install --no-deps timm==1.0.31, as the README's test command does)")
-    stub = None
-    if "timm" not in sys.modules and importlib.util.find_spec("torchvision") is None:
-        stub = TorchvisionStub()
+@contextlib.contextmanager
+def torchvision_stubbed():
+    """While the block runs, `import torchvision...` gives stub modules (unless a real torchvision is installed);
+    afterwards the stubs are gone from sys.modules, so nothing else sees them."""
+    stub = TorchvisionStub() if importlib.util.find_spec("torchvision") is None else None
+    if stub is not None:
         sys.meta_path.insert(0, stub)
     try:
+        yield
+    finally:
+        if stub is not None:
+            sys.meta_path.remove(stub)
+            for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
+                del sys.modules[name]
+
+
+def installed(package: str, pip: str) -> None:
+    if importlib.util.find_spec(package) is None:
+        pytest.skip(f"{package} is not installed (pip install --no-deps {pip}, as `bash setup.sh --test` does)")
+
+
+@pytest.fixture(scope="session")
+def timm():
+    """The timm package (installed --no-deps by the test set-up); torchvision is stubbed only while it imports."""
+    installed("timm", "timm==1.0.31")
+    with torchvision_stubbed():
         import timm
         import timm.layers
         import timm.models.swin_transformer
         import timm.models.vision_transformer
-    finally:
-        if stub is not None:
-            sys.meta_path.remove(stub)
-            for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
-                del sys.modules[name]
     return timm
 
 
-# ---- 05_training: timm's training pieces (timm.data imports torchvision.transforms at import time) ----
 @pytest.fixture(scope="session")
 def timm_training(timm):
-    """timm with timm.data (Mixup), timm.loss and timm.scheduler imported, torchvision stubbed while they import."""
-    stub = None
-    if importlib.util.find_spec("torchvision") is None:
-        stub = TorchvisionStub()
-        sys.meta_path.insert(0, stub)
-    try:
+    """timm with timm.data (Mixup), timm.loss, timm.scheduler and its EMA imported (timm.data imports
+    torchvision.transforms at import time)."""
+    with torchvision_stubbed():
         import timm.data
         import timm.loss
         import timm.scheduler
         import timm.utils.model_ema
-    finally:
-        if stub is not None:
-            sys.meta_path.remove(stub)
-            for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
-                del sys.modules[name]
     return timm
 
 
-# ---- 09_clip: open_clip (installed --no-deps) imported with torchvision stubbed ----
 @pytest.fixture(scope="session")
 def open_clip():
-    """The open_clip package (pip install --no-deps open_clip_torch==3.3.0); torchvision is stubbed while it imports."""
-    if importlib.util.find_spec("open_clip") is None:
-        pytest.skip("open_clip is not installed (pip install --no-deps open_clip_torch==3.3.0)")
-    stub = None
-    if "open_clip" not in sys.modules and importlib.util.find_spec("torchvision") is None:
-        stub = TorchvisionStub()
-        sys.meta_path.insert(0, stub)
-    try:
+    """The open_clip package (installed --no-deps by the test set-up); torchvision is stubbed while it imports."""
+    installed("open_clip", "open_clip_torch==3.3.0")
+    with torchvision_stubbed():
         import open_clip
         import open_clip.loss
         import open_clip.model
-    finally:
-        if stub is not None:
-            sys.meta_path.remove(stub)
-            for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
-                del sys.modules[name]
     return open_clip
