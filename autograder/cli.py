@@ -205,6 +205,7 @@ def autograde_one(course: Path, sub: intake.Submission, options: Options) -> tup
             args += [f"{k}={v}" for k, v in settings.items() if k.startswith("--")]
             done = nbgrader(course, *args, env={k: v for k, v in settings.items() if not k.startswith("--")})
         shutil.rmtree(course / ".sandbox" / f"{sub.student}-{sub.chapter}", ignore_errors=True)
+        shutil.rmtree(Path(settings["--KernelManager.ip"]).parent, ignore_errors=True)
     else:
         done = nbgrader(course, *args)
     log = (f"$ nbgrader {' '.join(args)}  (exit code {done.returncode}, {time.monotonic() - start:.0f} s)\n"

@@ -120,8 +120,10 @@ def prepare(course: Path, student: str, chapter: str, uid: int | None, limits: L
     """
     base = course / ".sandbox" / f"{student}-{chapter}"
     scratch = course / "autograded" / student / chapter
-    sockets, runtime, spec = base / "sockets", base / "runtime", base / "kernels" / KERNEL_NAME
-    for path in (scratch, sockets, runtime, spec):
+    runtime, spec = base / "runtime", base / "kernels" / KERNEL_NAME
+    # a unix socket's path must stay under 108 bytes, whatever the grading folder's: keep them in a short one
+    sockets = Path(tempfile.mkdtemp(prefix="vitlab-k-"))
+    for path in (scratch, runtime, spec):
         path.mkdir(parents=True, exist_ok=True)
     for path in (scratch, sockets):
         os.chmod(path, 0o777)
@@ -136,5 +138,5 @@ def prepare(course: Path, student: str, chapter: str, uid: int | None, limits: L
         **({"VITLAB_SANDBOX_UID": str(uid)} if uid is not None else {}),  # GuardedExecute cleans up after it
         "--Execute.kernel_name": KERNEL_NAME,
         "--KernelManager.transport": "ipc",
-        "--KernelManager.ip": str(sockets / "kernel"),
+        "--KernelManager.ip": str(sockets / "k"),
     }
