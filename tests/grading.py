@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 
 import nbformat
+import pytest
 
 HIDDEN = re.compile(r"### BEGIN HIDDEN TESTS\n(.*?)### END HIDDEN TESTS", re.S)
 SOLUTION_MARKERS = ("### BEGIN SOLUTION", "### END SOLUTION")
@@ -137,3 +138,47 @@ def assert_no_hidden_code(out: Path, chapter: str, solution, pages_expected: int
         assert "HIDDEN TESTS" not in text and "graded=True" not in text, page
         for line in hidden:
             assert line not in text, f"{page} shows the hidden test line {line!r}"
+
+
+class ChapterGrading:
+    """The grading tests every chapter has, run by one `grade` batch: a test module subclasses this as
+    `TestGrading` and sets CHAPTER, MODULE (its check module), SUBMISSIONS (see the top of this file),
+    EXERCISES (the check functions its graded cells call) and TOTAL (the chapter's points)."""
+
+    CHAPTER: str
+    MODULE: str
+    SUBMISSIONS: dict
+    EXERCISES: list[str]
+    TOTAL: float
+
+    def pytest_generate_tests(self, metafunc):
+        if "student" in metafunc.fixturenames:
+            metafunc.parametrize("student", [s for s in self.SUBMISSIONS if s != "solution"])
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def notebooks(cls, repo):
+        return chapter_notebooks(repo, cls.CHAPTER)
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def graded(cls, tmp_path_factory, notebooks, autograder):
+        done, out, grades = grade(autograder, tmp_path_factory, cls.CHAPTER, *notebooks, cls.SUBMISSIONS)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return out, grades
+
+    def test_every_exercise_has_one_graded_cell(self, notebooks):
+        checks = checks_of(notebooks[1], self.MODULE)
+        assert sorted(checks) == sorted(self.EXERCISES)
+        assert all(len(cells) == 1 for cells in checks.values())
+
+    def test_untouched_release_scores_zero_and_solution_full_points(self, graded, notebooks):
+        assert sum(points(notebooks[1]).values()) == self.TOTAL
+        assert_untouched_zero_solution_full(graded[1], notebooks[1])
+
+    def test_a_mistake_scores_zero_on_its_exercise_only_and_is_named(self, graded, notebooks, student):
+        assert_mistakes_scored_and_named(*graded, notebooks[1], self.MODULE, self.CHAPTER, student,
+                                         self.SUBMISSIONS[student])
+
+    def test_feedback_shows_no_hidden_test_code(self, graded, notebooks):
+        assert_no_hidden_code(graded[0], self.CHAPTER, notebooks[1], 1 + len(self.SUBMISSIONS))

@@ -5,9 +5,7 @@ line replaced per mistake. One grading run covers all four notebooks.
 """
 from __future__ import annotations
 
-import pytest
-from grading import (assert_mistakes_scored_and_named, assert_no_hidden_code,
-                     assert_untouched_zero_solution_full, chapter_notebooks, checks_of, grade, points)
+from grading import ChapterGrading
 
 CHAPTER = "10_beyond"
 
@@ -46,34 +44,7 @@ SUBMISSIONS = {
 MODULE = "check_beyond"
 
 
-@pytest.fixture(scope="module")
-def notebooks(repo):
-    return chapter_notebooks(repo, CHAPTER)
-
-
-@pytest.fixture(scope="module")
-def graded(tmp_path_factory, notebooks, autograder):
-    done, out, grades = grade(autograder, tmp_path_factory, CHAPTER, *notebooks, SUBMISSIONS)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return out, grades
-
-
-def test_every_exercise_has_one_graded_cell(notebooks):
-    checks = checks_of(notebooks[1], MODULE)
-    assert sorted(checks) == sorted(["cross_attention", "tubelet_embed", "attention_pairs", "spectrogram_patches",
-                                     "kmeans_step"])
-    assert all(len(cells) == 1 for cells in checks.values())
-
-
-def test_untouched_release_scores_zero_and_solution_full_points(graded, notebooks):
-    assert sum(points(notebooks[1]).values()) == 10
-    assert_untouched_zero_solution_full(graded[1], notebooks[1])
-
-
-@pytest.mark.parametrize("student", [s for s in SUBMISSIONS if s != "solution"])
-def test_a_mistake_scores_zero_on_its_exercise_only_and_is_named(graded, notebooks, student):
-    assert_mistakes_scored_and_named(*graded, notebooks[1], MODULE, CHAPTER, student, SUBMISSIONS[student])
-
-
-def test_feedback_shows_no_hidden_test_code(graded, notebooks):
-    assert_no_hidden_code(graded[0], CHAPTER, notebooks[1], 1 + len(SUBMISSIONS))
+class TestGrading(ChapterGrading):
+    CHAPTER, MODULE, SUBMISSIONS = CHAPTER, MODULE, SUBMISSIONS
+    EXERCISES = ["cross_attention", "tubelet_embed", "attention_pairs", "spectrogram_patches", "kmeans_step"]
+    TOTAL = 10
