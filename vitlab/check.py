@@ -177,6 +177,16 @@ def verify_integrity() -> None:
 # ------------------------------------------------------------------------------------------ running
 
 
+def randn(gen: torch.Generator, *shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Standard normal values drawn in float64 from `gen`, then cast: the same numbers whatever `dtype`."""
+    return torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype)
+
+
+def tolerance(dtype: torch.dtype) -> dict[str, float]:
+    """atol and rtol for comparing with a reference in `dtype`."""
+    return {"atol": 1e-10, "rtol": 1e-8} if dtype == torch.float64 else {"atol": 2e-5, "rtol": 1e-4}
+
+
 def describe(value: Any) -> str:
     """A short description of an argument: tensors by shape and dtype, the rest by repr."""
     if isinstance(value, torch.Tensor):

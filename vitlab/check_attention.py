@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitlab import attention
-from vitlab.check import CheckFailed, Mistake, call_learner, check_function, check_module
+from vitlab.check import CheckFailed, Mistake, call_learner, check_function, check_module, randn, tolerance
 
 SDPA_BUILTINS = {
     F.scaled_dot_product_attention: "torch's F.scaled_dot_product_attention",
@@ -25,14 +25,6 @@ MHA_BUILTINS = {
     F.multi_head_attention_forward: "F.multi_head_attention_forward",
     attention.MultiHeadAttention: "vitlab.attention.MultiHeadAttention",
 }
-
-
-def _randn(gen: torch.Generator, *shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    return torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype)
-
-
-def _tol(dtype: torch.dtype) -> dict[str, float]:
-    return {"atol": 1e-10, "rtol": 1e-8} if dtype == torch.float64 else {"atol": 2e-5, "rtol": 1e-4}
 
 
 # ------------------------------------------------------------------- scaled dot-product attention
@@ -103,29 +95,29 @@ def _sdpa_cases(seed: int, graded: bool) -> list[dict]:
     gen = torch.Generator().manual_seed(seed)
     dt = torch.float64 if graded else torch.float32
     cases = [
-        dict(q=_randn(gen, 2, 5, 8), k=_randn(gen, 2, 5, 8), v=_randn(gen, 2, 5, 8)),
-        dict(q=_randn(gen, 2, 3, 4, 16), k=_randn(gen, 2, 3, 6, 16), v=_randn(gen, 2, 3, 6, 5)),
-        dict(q=_randn(gen, 3, 6, 8), k=_randn(gen, 3, 6, 8), v=_randn(gen, 3, 6, 8), causal=True),
+        dict(q=randn(gen, 2, 5, 8), k=randn(gen, 2, 5, 8), v=randn(gen, 2, 5, 8)),
+        dict(q=randn(gen, 2, 3, 4, 16), k=randn(gen, 2, 3, 6, 16), v=randn(gen, 2, 3, 6, 5)),
+        dict(q=randn(gen, 3, 6, 8), k=randn(gen, 3, 6, 8), v=randn(gen, 3, 6, 8), causal=True),
     ]
     pad = torch.ones(2, 1, 7, dtype=torch.bool)
     pad[0, :, 5:] = False
     pad[1, :, 3:] = False
-    cases.append(dict(q=_randn(gen, 2, 4, 8), k=_randn(gen, 2, 7, 8), v=_randn(gen, 2, 7, 8), mask=pad))
+    cases.append(dict(q=randn(gen, 2, 4, 8), k=randn(gen, 2, 7, 8), v=randn(gen, 2, 7, 8), mask=pad))
     additive = torch.zeros(5, 5)
     additive[:, 0] = -2.0
     additive[2:, 4] = float("-inf")
-    cases.append(dict(q=_randn(gen, 5, 8), k=_randn(gen, 5, 8), v=_randn(gen, 5, 3), mask=additive))
+    cases.append(dict(q=randn(gen, 5, 8), k=randn(gen, 5, 8), v=randn(gen, 5, 3), mask=additive))
     blocked_row = torch.ones(4, 4, dtype=torch.bool)
     blocked_row[2] = False  # query 2 may see no key at all: its output row must be zeros, not NaN
-    cases.append(dict(q=_randn(gen, 4, 8), k=_randn(gen, 4, 8), v=_randn(gen, 4, 8), mask=blocked_row))
+    cases.append(dict(q=randn(gen, 4, 8), k=randn(gen, 4, 8), v=randn(gen, 4, 8), mask=blocked_row))
     if graded:
         dead = torch.rand(2, 6, 6, generator=gen) > 0.4
         dead[:, 1] = False  # a query that may see no key at all
         cases += [
-            dict(q=_randn(gen, 2, 6, 4), k=_randn(gen, 2, 6, 4), v=_randn(gen, 2, 6, 4), mask=dead),
-            dict(q=_randn(gen, 2, 2, 2, 5, 6), k=_randn(gen, 2, 2, 2, 5, 6), v=_randn(gen, 2, 2, 2, 5, 6),
+            dict(q=randn(gen, 2, 6, 4), k=randn(gen, 2, 6, 4), v=randn(gen, 2, 6, 4), mask=dead),
+            dict(q=randn(gen, 2, 2, 2, 5, 6), k=randn(gen, 2, 2, 2, 5, 6), v=randn(gen, 2, 2, 2, 5, 6),
                  causal=True, mask=torch.rand(5, 5, generator=gen) > 0.3),
-            dict(q=_randn(gen, 1, 9, 32) * 3, k=_randn(gen, 1, 11, 32) * 3, v=_randn(gen, 1, 11, 7)),
+            dict(q=randn(gen, 1, 9, 32) * 3, k=randn(gen, 1, 11, 32) * 3, v=randn(gen, 1, 11, 7)),
         ]
         for case in cases:
             for key in ("q", "k", "v"):
@@ -140,7 +132,7 @@ def sdpa(fn, *, seed: int = 0, graded: bool = False) -> None:
     dt = torch.float64 if graded else torch.float32
     check_function(fn, attention.scaled_dot_product_attention, _sdpa_cases(seed, graded),
                    name="scaled_dot_product_attention", mistakes=SDPA_MISTAKES, forbidden=SDPA_BUILTINS,
-                   **_tol(dt))
+                   **tolerance(dt))
 
 
 # ------------------------------------------------------------------------------ score variance
@@ -240,10 +232,10 @@ def _mha_inputs(seed: int, dim: int, graded: bool) -> list[dict]:
     dt = torch.float64 if graded else torch.float32
     pad = torch.ones(2, 1, 1, 6, dtype=torch.bool)
     pad[1, ..., 4:] = False
-    inputs = [dict(x=_randn(gen, 2, 5, dim, dtype=dt)), dict(x=_randn(gen, 2, 6, dim, dtype=dt), mask=pad)]
+    inputs = [dict(x=randn(gen, 2, 5, dim, dtype=dt)), dict(x=randn(gen, 2, 6, dim, dtype=dt), mask=pad)]
     if graded:
         causal = torch.ones(7, 7, dtype=torch.bool).tril()
-        inputs += [dict(x=_randn(gen, 1, 7, dim, dtype=dt), mask=causal), dict(x=_randn(gen, 3, 1, dim, dtype=dt))]
+        inputs += [dict(x=randn(gen, 1, 7, dim, dtype=dt), mask=causal), dict(x=randn(gen, 3, 1, dim, dtype=dt))]
     return inputs
 
 
@@ -257,7 +249,7 @@ def multi_head(cls, *, seed: int = 0, graded: bool = False) -> None:
         mistakes = [Mistake(label, hint, _WrongMultiHead(dim, heads, key).to(dt)) for label, key, hint in MHA_MISTAKES]
         check_module(lambda: cls(dim, heads).to(dt), reference, _mha_inputs(seed, dim, graded),
                      name=f"MultiHeadAttention(dim={dim}, num_heads={heads})", mistakes=mistakes,
-                     forbidden=MHA_BUILTINS, **_tol(dt))
+                     forbidden=MHA_BUILTINS, **tolerance(dt))
 
 
 # -------------------------------------------------------------------------------- additive attention
@@ -297,15 +289,15 @@ def additive(cls, *, seed: int = 0, graded: bool = False) -> None:
     mistakes = [Mistake(label, hint, _WrongAdditive(qd, kd, hd, key).to(dt)) for label, key, hint in ADDITIVE_MISTAKES]
     pad = torch.ones(2, 1, 5, dtype=torch.bool)
     pad[0, :, 3:] = False
-    inputs = [dict(q=_randn(gen, 2, 4, qd, dtype=dt), k=_randn(gen, 2, 5, kd, dtype=dt), v=_randn(gen, 2, 5, 3, dtype=dt)),
-              dict(q=_randn(gen, 2, 4, qd, dtype=dt), k=_randn(gen, 2, 5, kd, dtype=dt), v=_randn(gen, 2, 5, 3, dtype=dt),
+    inputs = [dict(q=randn(gen, 2, 4, qd, dtype=dt), k=randn(gen, 2, 5, kd, dtype=dt), v=randn(gen, 2, 5, 3, dtype=dt)),
+              dict(q=randn(gen, 2, 4, qd, dtype=dt), k=randn(gen, 2, 5, kd, dtype=dt), v=randn(gen, 2, 5, 3, dtype=dt),
                    mask=pad)]
     if graded:
-        inputs.append(dict(q=_randn(gen, 3, 2, 1, qd, dtype=dt), k=_randn(gen, 3, 2, 7, kd, dtype=dt),
-                           v=_randn(gen, 3, 2, 7, 4, dtype=dt)))
+        inputs.append(dict(q=randn(gen, 3, 2, 1, qd, dtype=dt), k=randn(gen, 3, 2, 7, kd, dtype=dt),
+                           v=randn(gen, 3, 2, 7, 4, dtype=dt)))
     check_module(lambda: cls(qd, kd, hd).to(dt), reference, inputs, name="AdditiveAttention", mistakes=mistakes,
                  forbidden=SDPA_BUILTINS | {attention.AdditiveAttention: "vitlab.attention.AdditiveAttention"},
-                 **_tol(dt))
+                 **tolerance(dt))
 
 
 # ---------------------------------------------------------------------------------- linear attention
@@ -348,7 +340,7 @@ def linear(fn, *, seed: int = 0, graded: bool = False, causal: bool = False) -> 
     shapes = [((2, 6, 8), (2, 6, 5)), ((2, 3, 9, 4), (2, 3, 9, 4))]
     if graded:
         shapes += [((1, 2, 2, 17, 6), (1, 2, 2, 17, 3)), ((33, 16), (33, 16))]
-    cases = [dict(q=_randn(gen, *qs, dtype=dt), k=_randn(gen, *qs, dtype=dt), v=_randn(gen, *vs, dtype=dt),
+    cases = [dict(q=randn(gen, *qs, dtype=dt), k=randn(gen, *qs, dtype=dt), v=randn(gen, *vs, dtype=dt),
                   causal=causal) for qs, vs in shapes]
     check_function(fn, attention.linear_attention, cases, name=f"linear_attention(causal={causal})",
-                   mistakes=LINEAR_MISTAKES, forbidden=LINEAR_BUILTINS | SDPA_BUILTINS, **_tol(dt))
+                   mistakes=LINEAR_MISTAKES, forbidden=LINEAR_BUILTINS | SDPA_BUILTINS, **tolerance(dt))

@@ -13,7 +13,7 @@ from torch import nn
 
 from vitlab import beyond
 from vitlab.attention import MultiHeadAttention
-from vitlab.check import Mistake, check_function, check_module
+from vitlab.check import Mistake, check_function, check_module, randn, tolerance
 
 CROSS_BUILTINS = {
     nn.MultiheadAttention: "nn.MultiheadAttention",
@@ -38,14 +38,6 @@ KMEANS_BUILTINS = {
     beyond.nearest_colour: "vitlab.beyond.nearest_colour",
 }
 PAIRS_BUILTINS = {beyond.attention_pairs: "vitlab.beyond.attention_pairs"}
-
-
-def _randn(gen: torch.Generator, *shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    return torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype)
-
-
-def _tol(dtype: torch.dtype) -> dict[str, float]:
-    return {"atol": 1e-10, "rtol": 1e-8} if dtype == torch.float64 else {"atol": 2e-5, "rtol": 1e-4}
 
 
 def _randomise(module: nn.Module, seed: int) -> nn.Module:
@@ -110,7 +102,7 @@ CROSS_MISTAKES = [
 def _cross_inputs(seed: int, dim: int, context_dim: int, graded: bool, dtype: torch.dtype) -> list[dict]:
     gen = torch.Generator().manual_seed(seed)
     shapes = [(2, 5, 16), (1, 3, 7)] + ([(3, 1, 9), (2, 4, 1)] if graded else [])
-    return [dict(x=_randn(gen, b, lq, dim, dtype=dtype), context=_randn(gen, b, lk, context_dim, dtype=dtype))
+    return [dict(x=randn(gen, b, lq, dim, dtype=dtype), context=randn(gen, b, lk, context_dim, dtype=dtype))
             for b, lq, lk in shapes]
 
 
@@ -130,7 +122,7 @@ def cross_attention(cls, *, seed: int = 0, graded: bool = False) -> None:
                      _cross_inputs(seed, dim, context_dim or dim, graded, dt),
                      name=f"CrossAttention(dim={dim}, num_heads={heads}"
                           f"{f', context_dim={context_dim}' if context_dim else ''})",
-                     mistakes=mistakes, forbidden=CROSS_BUILTINS, **_tol(dt))
+                     mistakes=mistakes, forbidden=CROSS_BUILTINS, **tolerance(dt))
 
 
 # ---------------------------------------------------------------------------------------- tubelets
@@ -174,8 +166,8 @@ def _tubelet_cases(seed: int, graded: bool) -> list[dict]:
     dt = torch.float64 if graded else torch.float32
 
     def case(b, c, frames, h, w, d, tubelet):
-        return dict(video=_randn(gen, b, c, frames, h, w, dtype=dt), weight=_randn(gen, d, c, *tubelet, dtype=dt),
-                    bias=_randn(gen, d, dtype=dt))
+        return dict(video=randn(gen, b, c, frames, h, w, dtype=dt), weight=randn(gen, d, c, *tubelet, dtype=dt),
+                    bias=randn(gen, d, dtype=dt))
 
     cases = [case(2, 3, 4, 8, 8, 16, (2, 4, 4)), case(1, 3, 6, 12, 8, 8, (3, 4, 4))]
     if graded:
@@ -187,7 +179,7 @@ def tubelet_embed(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `tubelet_embed(video, weight, bias)`: Conv3d patch embedding with kernel = stride, as (B, N, D)."""
     dt = torch.float64 if graded else torch.float32
     check_function(fn, beyond.tubelet_embed, _tubelet_cases(seed, graded), name="tubelet_embed",
-                   mistakes=TUBELET_MISTAKES, forbidden=TUBELET_BUILTINS, **_tol(dt))
+                   mistakes=TUBELET_MISTAKES, forbidden=TUBELET_BUILTINS, **tolerance(dt))
 
 
 # ------------------------------------------------------------------------------------- spectrogram
@@ -237,11 +229,11 @@ def _spectrogram_cases(seed: int, graded: bool) -> list[dict]:
     dt = torch.float64 if graded else torch.float32
     t = torch.arange(2048, dtype=torch.float64) / 2048
     tone = torch.sin(2 * math.pi * 300 * t)[None].to(dt)
-    cases = [dict(wave=_randn(gen, 2, 1024, dtype=dt), n_fft=64, hop=16, patch=8),
-             dict(wave=tone + 0.1 * _randn(gen, 1, 2048, dtype=dt), n_fft=128, hop=32, patch=16)]
+    cases = [dict(wave=randn(gen, 2, 1024, dtype=dt), n_fft=64, hop=16, patch=8),
+             dict(wave=tone + 0.1 * randn(gen, 1, 2048, dtype=dt), n_fft=128, hop=32, patch=16)]
     if graded:
-        cases += [dict(wave=_randn(gen, 3, 999, dtype=dt), n_fft=32, hop=8, patch=4),
-                  dict(wave=_randn(gen, 1, 700, dtype=dt), n_fft=64, hop=20, patch=5)]
+        cases += [dict(wave=randn(gen, 3, 999, dtype=dt), n_fft=32, hop=8, patch=4),
+                  dict(wave=randn(gen, 1, 700, dtype=dt), n_fft=64, hop=20, patch=5)]
     return cases
 
 
@@ -309,7 +301,7 @@ def kmeans_step(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `kmeans_step(pixels, palette)` -> (labels, new palette): one assignment and one update."""
     check_function(fn, beyond.kmeans_step, _kmeans_cases(seed, graded), name="kmeans_step",
                    mistakes=KMEANS_MISTAKES, forbidden=KMEANS_BUILTINS, grad=False,
-                   **_tol(torch.float64 if graded else torch.float32))
+                   **tolerance(torch.float64 if graded else torch.float32))
 
 
 # ------------------------------------------------------------------------------------ pair counts

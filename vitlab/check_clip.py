@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitlab import clip
-from vitlab.check import CheckFailed, Mistake, call_learner, check_function, check_module, describe
+from vitlab.check import CheckFailed, Mistake, call_learner, check_function, check_module, describe, randn, tolerance
 
 TEXT_BUILTINS = {
     clip.TextTransformer: "vitlab.clip.TextTransformer",
@@ -28,14 +28,6 @@ ENSEMBLE_BUILTINS = {clip.class_embeddings: "vitlab.clip.class_embeddings",
                      clip.zero_shot_classifier: "vitlab.clip.zero_shot_classifier"}
 RECALL_BUILTINS = {clip.recall_at_k: "vitlab.clip.recall_at_k", clip.retrieval_ranks: "vitlab.clip.retrieval_ranks",
                    clip.retrieval_metrics: "vitlab.clip.retrieval_metrics"}
-
-
-def _randn(gen: torch.Generator, *shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    return torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype)
-
-
-def _tol(dtype: torch.dtype) -> dict[str, float]:
-    return {"atol": 1e-10, "rtol": 1e-8} if dtype == torch.float64 else {"atol": 2e-5, "rtol": 1e-4}
 
 
 def _randomise(module: nn.Module, seed: int) -> nn.Module:
@@ -143,7 +135,7 @@ def text_transformer(cls, *, seed: int = 0, graded: bool = False) -> None:
         if graded:
             inputs += [dict(text=_texts(gen, 4, context, vocab)), dict(text=_texts(gen, 1, context, vocab, [0]))]
         check_module(lambda: module.to(dt), reference, inputs, name=name, mistakes=mistakes,
-                     forbidden=TEXT_BUILTINS, **_tol(dt))
+                     forbidden=TEXT_BUILTINS, **tolerance(dt))
 
 
 # ------------------------------------------------------------------------------------------ ClipHead
@@ -223,14 +215,14 @@ def clip_head(cls, *, seed: int = 0, graded: bool = False) -> None:
         _head_init(module, name)
         reference = _randomise(clip.ClipHead(*dims), seed).to(dt)
         with torch.no_grad():
-            reference.logit_scale.fill_(log_scale if log_scale is not None else 2.0 + float(_randn(gen, 1)) * 0.3)
+            reference.logit_scale.fill_(log_scale if log_scale is not None else 2.0 + float(randn(gen, 1)) * 0.3)
         mistakes = [Mistake(label, hint, _WrongHead(dims, key).to(dt)) for label, key, hint in HEAD_MISTAKES]
-        inputs = [dict(image_features=_randn(gen, 3, dims[0], dtype=dt), text_features=_randn(gen, 4, dims[1], dtype=dt))]
+        inputs = [dict(image_features=randn(gen, 3, dims[0], dtype=dt), text_features=randn(gen, 4, dims[1], dtype=dt))]
         if graded:
-            inputs.append(dict(image_features=_randn(gen, 1, dims[0], dtype=dt) * 5,
-                               text_features=_randn(gen, 1, dims[1], dtype=dt) * 0.01))
+            inputs.append(dict(image_features=randn(gen, 1, dims[0], dtype=dt) * 5,
+                               text_features=randn(gen, 1, dims[1], dtype=dt) * 0.01))
         check_module(lambda: module.to(dt), reference, inputs, name=name, mistakes=mistakes, forbidden=HEAD_BUILTINS,
-                     **_tol(dt))
+                     **tolerance(dt))
 
 
 # ------------------------------------------------------------------------------------------ clip_loss
@@ -270,7 +262,7 @@ LOSS_MISTAKES = [
 
 
 def _unit(gen: torch.Generator, *shape: int, dtype: torch.dtype) -> torch.Tensor:
-    x = _randn(gen, *shape, dtype=dtype)
+    x = randn(gen, *shape, dtype=dtype)
     return x / x.norm(dim=-1, keepdim=True)
 
 
@@ -289,7 +281,7 @@ def clip_loss(fn, *, seed: int = 0, graded: bool = False) -> None:
     if graded:
         cases += [case(1, 3, 10.0), case(16, 32, 100.0, related=2.0), case(7, 4, 1.0, related=0.5)]
     check_function(fn, clip.clip_loss, cases, name="clip_loss", mistakes=LOSS_MISTAKES, forbidden=LOSS_BUILTINS,
-                   **_tol(dt))
+                   **tolerance(dt))
 
 
 # ----------------------------------------------------------------------------------- class_embeddings
@@ -318,13 +310,13 @@ def class_embeddings(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `class_embeddings(text_features)`: (K, T, E) -> (K, E), normalise, average over templates, normalise."""
     gen = torch.Generator().manual_seed(seed)
     dt = torch.float64 if graded else torch.float32
-    scales = _randn(gen, 3, 4, 1, dtype=dt).abs() * 3 + 0.1
-    cases = [dict(text_features=_randn(gen, 3, 4, 6, dtype=dt) * scales), dict(text_features=_randn(gen, 5, 5, 8, dtype=dt))]
+    scales = randn(gen, 3, 4, 1, dtype=dt).abs() * 3 + 0.1
+    cases = [dict(text_features=randn(gen, 3, 4, 6, dtype=dt) * scales), dict(text_features=randn(gen, 5, 5, 8, dtype=dt))]
     if graded:
-        cases += [dict(text_features=_randn(gen, 2, 1, 4, dtype=dt) * 7),
-                  dict(text_features=_randn(gen, 10, 6, 3, dtype=dt) * _randn(gen, 10, 6, 1, dtype=dt).abs())]
+        cases += [dict(text_features=randn(gen, 2, 1, 4, dtype=dt) * 7),
+                  dict(text_features=randn(gen, 10, 6, 3, dtype=dt) * randn(gen, 10, 6, 1, dtype=dt).abs())]
     check_function(fn, clip.class_embeddings, cases, name="class_embeddings", mistakes=ENSEMBLE_MISTAKES,
-                   forbidden=ENSEMBLE_BUILTINS, **_tol(dt))
+                   forbidden=ENSEMBLE_BUILTINS, **tolerance(dt))
 
 
 # ---------------------------------------------------------------------------------------- recall_at_k
@@ -357,13 +349,13 @@ def recall_at_k(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `recall_at_k(similarity, k)` -> (image -> text, text -> image) as floats; pair i is (image i, text i)."""
     gen = torch.Generator().manual_seed(seed)
     dt = torch.float64 if graded else torch.float32
-    base = _randn(gen, 12, 12, dtype=dt) + 2.5 * torch.eye(12, dtype=dt)
-    cases = [dict(similarity=base, k=1), dict(similarity=base, k=5), dict(similarity=_randn(gen, 20, 20, dtype=dt), k=3)]
+    base = randn(gen, 12, 12, dtype=dt) + 2.5 * torch.eye(12, dtype=dt)
+    cases = [dict(similarity=base, k=1), dict(similarity=base, k=5), dict(similarity=randn(gen, 20, 20, dtype=dt), k=3)]
     if graded:
-        tied = (_randn(gen, 9, 9, dtype=dt) * 2).round()
+        tied = (randn(gen, 9, 9, dtype=dt) * 2).round()
         cases += [dict(similarity=tied, k=2), dict(similarity=torch.zeros(5, 5, dtype=dt), k=1),
-                  dict(similarity=_randn(gen, 1, 1, dtype=dt), k=1),
-                  dict(similarity=_randn(gen, 30, 30, dtype=dt) + torch.eye(30, dtype=dt), k=10)]
+                  dict(similarity=randn(gen, 1, 1, dtype=dt), k=1),
+                  dict(similarity=randn(gen, 30, 30, dtype=dt) + torch.eye(30, dtype=dt), k=10)]
 
     def wrapped(similarity, k):
         got = fn(similarity=similarity, k=k)

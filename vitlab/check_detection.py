@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitlab import detection as det
-from vitlab.check import (PASS, CheckFailed, Mistake, _diagnose, _difference, _refuse, call_learner, check_function,
-                          describe, forbid, load_reference_weights)
+from vitlab.check import (CheckFailed, Mistake, PASS, _diagnose, _difference, _refuse, call_learner, check_function,
+                          describe, forbid, load_reference_weights, tolerance)
 
 BOX_BUILTINS = {det.box_cxcywh_to_xyxy: "vitlab.detection.box_cxcywh_to_xyxy",
                 det.box_xyxy_to_cxcywh: "vitlab.detection.box_xyxy_to_cxcywh"}
@@ -25,10 +25,6 @@ MATCH_BUILTINS = {det.hungarian_match: "vitlab.detection.hungarian_match", det.m
                   det.match_batch: "vitlab.detection.match_batch"}
 LOSS_BUILTINS = {det.set_loss: "vitlab.detection.set_loss", det.detr_loss: "vitlab.detection.detr_loss"}
 HEAD_BUILTINS = {det.DETRHead: "vitlab.detection.DETRHead"}
-
-
-def _tol(dtype: torch.dtype) -> dict[str, float]:
-    return {"atol": 1e-10, "rtol": 1e-8} if dtype == torch.float64 else {"atol": 2e-5, "rtol": 1e-4}
 
 
 def random_boxes(gen: torch.Generator, n: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -82,9 +78,9 @@ def box_formats(to_xyxy, to_cxcywh, *, seed: int = 0, graded: bool = False) -> N
     cxcywh = [dict(boxes=random_boxes(gen, math.prod(s), dt).view(*s, 4)) for s in shapes]
     xyxy = [dict(boxes=det.box_cxcywh_to_xyxy(c["boxes"])) for c in cxcywh]
     check_function(to_xyxy, det.box_cxcywh_to_xyxy, cxcywh, name="box_cxcywh_to_xyxy", mistakes=TO_XYXY_MISTAKES,
-                   forbidden=BOX_BUILTINS, **_tol(dt))
+                   forbidden=BOX_BUILTINS, **tolerance(dt))
     check_function(to_cxcywh, det.box_xyxy_to_cxcywh, xyxy, name="box_xyxy_to_cxcywh", mistakes=TO_CXCYWH_MISTAKES,
-                   forbidden=BOX_BUILTINS, **_tol(dt))
+                   forbidden=BOX_BUILTINS, **tolerance(dt))
 
 
 # ------------------------------------------------------------------------------------------------- IoU
@@ -133,7 +129,7 @@ def box_iou(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `box_iou(a, b)`: pairwise IoU (N, M) of xyxy boxes a (N, 4), b (M, 4)."""
     dt = torch.float64 if graded else torch.float32
     check_function(fn, _iou_reference, _iou_cases(seed, graded), name="box_iou", mistakes=IOU_MISTAKES,
-                   forbidden=IOU_BUILTINS, **_tol(dt))
+                   forbidden=IOU_BUILTINS, **tolerance(dt))
 
 
 def _giou_variant(hull_over_union=False, loss=False, enclosing_is_intersection=False):
@@ -168,7 +164,7 @@ def generalized_box_iou(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `generalized_box_iou(a, b)`: pairwise GIoU (N, M) of xyxy boxes."""
     dt = torch.float64 if graded else torch.float32
     check_function(fn, det.generalized_box_iou, _iou_cases(seed + 1, graded), name="generalized_box_iou",
-                   mistakes=GIOU_MISTAKES, forbidden=IOU_BUILTINS, **_tol(dt))
+                   mistakes=GIOU_MISTAKES, forbidden=IOU_BUILTINS, **tolerance(dt))
 
 
 # --------------------------------------------------------------------------------------------- matching
@@ -329,7 +325,7 @@ def set_loss(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `set_loss(logits, boxes, targets, indices, eos_coef=0.1)` -> {"ce", "l1", "giou"}, values and gradients."""
     dt = torch.float64 if graded else torch.float32
     check_function(_loss_tuple(fn), _loss_tuple(det.set_loss), _loss_cases(seed, graded), name="set_loss",
-                   mistakes=LOSS_MISTAKES, forbidden=LOSS_BUILTINS, **_tol(dt))
+                   mistakes=LOSS_MISTAKES, forbidden=LOSS_BUILTINS, **tolerance(dt))
 
 
 # ------------------------------------------------------------------------------------------------ head

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vitlab import patches
-from vitlab.check import (PASS, CheckFailed, Mistake, call_learner, check_function, check_module, describe,
-                          forbid)
+from vitlab.check import (CheckFailed, Mistake, PASS, call_learner, check_function, check_module, describe, forbid,
+                          randn, tolerance)
 
 REFERENCE = {
     patches.patchify: "vitlab.patches.patchify",
@@ -33,14 +33,6 @@ EMBED_REFERENCE = REFERENCE | {
     patches.LinearPatchEmbed: "vitlab.patches.LinearPatchEmbed",
     patches.ConvStem: "vitlab.patches.ConvStem",
 }
-
-
-def _randn(gen: torch.Generator, *shape: int, dtype: torch.dtype = torch.float32) -> Tensor:
-    return torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype)
-
-
-def _tol(dtype: torch.dtype) -> dict[str, float]:
-    return {"atol": 1e-10, "rtol": 1e-8} if dtype == torch.float64 else {"atol": 2e-5, "rtol": 1e-4}
 
 
 # ------------------------------------------------------------------------------------------ patchify
@@ -116,14 +108,14 @@ def _image_cases(seed: int, graded: bool) -> list[dict]:
     shapes = [((2, 3, 8, 8), 4), ((1, 3, 6, 9), 3), ((2, 2, 4, 4), 2)]
     if graded:
         shapes += [((3, 2, 12, 8), 4), ((2, 3, 5, 5), 1), ((2, 4, 6, 6), 6), ((1, 1, 10, 15), 5)]
-    return [dict(img=_randn(gen, *shape, dtype=dt), patch=p) for shape, p in shapes]
+    return [dict(img=randn(gen, *shape, dtype=dt), patch=p) for shape, p in shapes]
 
 
 def patchify(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `patchify(img, patch)` -> (B, N, P*P*C), row-major patches, (p1 p2 c) inside a patch."""
     dt = torch.float64 if graded else torch.float32
     check_function(fn, patches.patchify, _image_cases(seed, graded), name="patchify", mistakes=PATCHIFY_MISTAKES,
-                   forbidden=REFERENCE | UNFOLD, **_tol(dt))
+                   forbidden=REFERENCE | UNFOLD, **tolerance(dt))
 
 
 def patchify_unfold(fn, *, seed: int = 0, graded: bool = False) -> None:
@@ -136,7 +128,7 @@ def patchify_unfold(fn, *, seed: int = 0, graded: bool = False) -> None:
                           "stride=P) and reorder its output.")
     dt = torch.float64 if graded else torch.float32
     check_function(fn, patches.patchify, cases, name="patchify_unfold", mistakes=UNFOLD_MISTAKES,
-                   forbidden=REFERENCE, **_tol(dt))
+                   forbidden=REFERENCE, **tolerance(dt))
 
 
 # ---------------------------------------------------------------------------------------- unpatchify
@@ -181,10 +173,10 @@ def unpatchify(fn, *, seed: int = 0, graded: bool = False) -> None:
     shapes = [(2, (2, 2), 4, 3), (1, (2, 3), 3, 3), (2, (3, 2), 2, 1)]
     if graded:
         shapes += [(3, (4, 1), 2, 2), (2, (2, 5), 1, 3), (1, (1, 1), 4, 4)]
-    cases = [dict(tokens=_randn(gen, b, h * w, p * p * c, dtype=dt), patch=p, grid=(h, w))
+    cases = [dict(tokens=randn(gen, b, h * w, p * p * c, dtype=dt), patch=p, grid=(h, w))
              for b, (h, w), p, c in shapes]
     check_function(fn, patches.unpatchify, cases, name="unpatchify", mistakes=UNPATCHIFY_MISTAKES,
-                   forbidden=REFERENCE, **_tol(dt))
+                   forbidden=REFERENCE, **tolerance(dt))
 
 
 # ------------------------------------------------------------------------------- conv weight to linear
@@ -208,12 +200,12 @@ def conv_weight_to_linear(fn, *, seed: int = 0, graded: bool = False) -> None:
     gen = torch.Generator().manual_seed(seed)
     dt = torch.float64 if graded else torch.float32
     shapes = [(8, 3, 4, 4), (5, 2, 3, 3)] + ([(16, 1, 2, 2), (4, 3, 5, 5)] if graded else [])
-    cases = [dict(weight=_randn(gen, *shape, dtype=dt)) for shape in shapes]
+    cases = [dict(weight=randn(gen, *shape, dtype=dt)) for shape in shapes]
     check_function(fn, patches.conv_weight_to_linear, cases, name="conv_weight_to_linear",
                    mistakes=CONV_TO_LINEAR_MISTAKES, forbidden={
                        patches.conv_weight_to_linear: "vitlab.patches.conv_weight_to_linear",
                        patches.LinearPatchEmbed.from_conv: "vitlab.patches.LinearPatchEmbed.from_conv"},
-                   **_tol(dt))
+                   **tolerance(dt))
 
 
 # -------------------------------------------------------------------------------------- num_patches
@@ -302,9 +294,9 @@ def patch_embed(cls, *, seed: int = 0, graded: bool = False) -> None:
                                   f"img_size // patch_size patches per side; num_patches is their product.")
         mistakes = [Mistake(label, hint, _WrongPatchEmbed(img_size, patch, chans, dim, key).to(dt))
                     for label, key, hint in PATCH_EMBED_MISTAKES]
-        inputs = [dict(x=_randn(gen, 2, chans, img_size, img_size, dtype=dt))]
+        inputs = [dict(x=randn(gen, 2, chans, img_size, img_size, dtype=dt))]
         if graded:
-            inputs.append(dict(x=_randn(gen, 1, chans, img_size, img_size, dtype=dt) * 10))
+            inputs.append(dict(x=randn(gen, 1, chans, img_size, img_size, dtype=dt) * 10))
         check_module(lambda args=args: cls(*args).to(dt), reference, inputs, name=name, mistakes=mistakes,
-                     forbidden=EMBED_REFERENCE, **_tol(dt))
+                     forbidden=EMBED_REFERENCE, **tolerance(dt))
     print(f"{PASS} PatchEmbed: grid_size and num_patches are right.")

@@ -22,14 +22,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vitlab import posenc
-from vitlab.check import PASS, CheckFailed, Mistake, call_learner, check_function, check_module
+from vitlab.check import CheckFailed, Mistake, PASS, call_learner, check_function, check_module, randn
 
 TABLE_TOL = {"atol": 1e-4, "rtol": 1e-4}  # tables may be computed in float32 at any precision of the angle
 ROPE_TOL = {"atol": 2e-5, "rtol": 1e-4}
-
-
-def _randn(gen: torch.Generator, *shape: int, dtype: torch.dtype = torch.float32) -> Tensor:
-    return torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype)
 
 
 def _as_float32(fn: Callable) -> Callable:
@@ -305,14 +301,14 @@ ROPE_REFERENCE = {posenc.apply_rope: "vitlab.posenc.apply_rope", posenc.rope_ang
 def _rope_cases(seed: int, graded: bool) -> list[dict]:
     gen = torch.Generator().manual_seed(seed)
     dt = torch.float64 if graded else torch.float32
-    cases = [dict(x=_randn(gen, 2, 6, 8, dtype=dt), positions=torch.arange(6)),
-             dict(x=_randn(gen, 1, 2, 12, 8, dtype=dt), positions=posenc.grid_positions(3, 4)),
-             dict(x=_randn(gen, 5, 16, dtype=dt), positions=torch.arange(5) * 3)]
+    cases = [dict(x=randn(gen, 2, 6, 8, dtype=dt), positions=torch.arange(6)),
+             dict(x=randn(gen, 1, 2, 12, 8, dtype=dt), positions=posenc.grid_positions(3, 4)),
+             dict(x=randn(gen, 5, 16, dtype=dt), positions=torch.arange(5) * 3)]
     if graded:
-        cases += [dict(x=_randn(gen, 2, 3, 9, 12, dtype=dt), positions=posenc.grid_positions(3, 3) - 1),
-                  dict(x=_randn(gen, 4, 32, dtype=dt), positions=torch.randint(0, 50, (4, 2), generator=gen),
+        cases += [dict(x=randn(gen, 2, 3, 9, 12, dtype=dt), positions=posenc.grid_positions(3, 3) - 1),
+                  dict(x=randn(gen, 4, 32, dtype=dt), positions=torch.randint(0, 50, (4, 2), generator=gen),
                        temperature=100.0),
-                  dict(x=_randn(gen, 7, 4, dtype=dt), positions=torch.arange(7), temperature=10.0)]
+                  dict(x=randn(gen, 7, 4, dtype=dt), positions=torch.arange(7), temperature=10.0)]
     return cases
 
 
@@ -320,7 +316,7 @@ def _relative_gap(fn: Callable, positions: Tensor, dim: int, gen: torch.Generato
     """How <R_m q, R_n k> varies: the largest change between position pairs with the same offset m - n, the
     spread over all pairs, and an example of the first."""
     n = positions.shape[0]
-    q, k = _randn(gen, dim), _randn(gen, dim)
+    q, k = randn(gen, dim), randn(gen, dim)
     rq = call_learner("apply_rope", fn, dict(x=q.expand(n, dim).clone(), positions=positions), f"q at {n} positions")
     rk = call_learner("apply_rope", fn, dict(x=k.expand(n, dim).clone(), positions=positions), f"k at {n} positions")
     if not all(isinstance(r, Tensor) and r.shape == (n, dim) for r in (rq, rk)):
@@ -427,15 +423,15 @@ def resample_pos_embed(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `resample_pos_embed(pos_embed, new_grid, num_prefix_tokens=1, old_grid=None)` (bicubic, antialias)."""
     gen = torch.Generator().manual_seed(seed)
     dt = torch.float64 if graded else torch.float32
-    cases = [dict(pos_embed=_randn(gen, 1, 1 + 16, 8, dtype=dt), new_grid=(6, 6)),
-             dict(pos_embed=_randn(gen, 1, 1 + 9, 4, dtype=dt), new_grid=(5, 7)),
-             dict(pos_embed=_randn(gen, 1, 1 + 14 * 14, 16, dtype=dt), new_grid=(24, 24))]
+    cases = [dict(pos_embed=randn(gen, 1, 1 + 16, 8, dtype=dt), new_grid=(6, 6)),
+             dict(pos_embed=randn(gen, 1, 1 + 9, 4, dtype=dt), new_grid=(5, 7)),
+             dict(pos_embed=randn(gen, 1, 1 + 14 * 14, 16, dtype=dt), new_grid=(24, 24))]
     if graded:
-        cases += [dict(pos_embed=_randn(gen, 1, 2 + 15, 6, dtype=dt), new_grid=(6, 4), num_prefix_tokens=2,
+        cases += [dict(pos_embed=randn(gen, 1, 2 + 15, 6, dtype=dt), new_grid=(6, 4), num_prefix_tokens=2,
                        old_grid=(3, 5)),
-                  dict(pos_embed=_randn(gen, 1, 25, 8, dtype=dt), new_grid=(7, 7), num_prefix_tokens=0),
-                  dict(pos_embed=_randn(gen, 1, 1 + 16, 8, dtype=dt), new_grid=(4, 4)),
-                  dict(pos_embed=_randn(gen, 1, 1 + 36, 8, dtype=dt), new_grid=(3, 4))]
+                  dict(pos_embed=randn(gen, 1, 25, 8, dtype=dt), new_grid=(7, 7), num_prefix_tokens=0),
+                  dict(pos_embed=randn(gen, 1, 1 + 16, 8, dtype=dt), new_grid=(4, 4)),
+                  dict(pos_embed=randn(gen, 1, 1 + 36, 8, dtype=dt), new_grid=(3, 4))]
     forbidden = {posenc.resample_pos_embed: "vitlab.posenc.resample_pos_embed"}
     timm_layers = sys.modules.get("timm.layers")
     if timm_layers is not None and hasattr(timm_layers, "resample_abs_pos_embed"):

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitlab import segmentation, vit
-from vitlab.check import CheckFailed, Mistake, check_function, check_module
+from vitlab.check import CheckFailed, Mistake, check_function, check_module, randn, tolerance
 
 GRID_BUILTINS = {segmentation.tokens_to_grid: "vitlab.segmentation.tokens_to_grid"}
 DECODER_BUILTINS = {segmentation.LinearDecoder: "vitlab.segmentation.LinearDecoder",
@@ -34,14 +34,6 @@ def _with_sklearn(forbidden: dict, *names: str) -> dict:
     metrics = sys.modules.get("sklearn.metrics")
     extra = {getattr(metrics, n): f"sklearn.metrics.{n}" for n in names if hasattr(metrics, n)} if metrics else {}
     return forbidden | extra
-
-
-def _randn(gen: torch.Generator, *shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    return torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype)
-
-
-def _tol(dtype: torch.dtype) -> dict[str, float]:
-    return {"atol": 1e-10, "rtol": 1e-8} if dtype == torch.float64 else {"atol": 2e-5, "rtol": 1e-4}
 
 
 def _randomise(module: nn.Module, seed: int) -> nn.Module:
@@ -102,19 +94,19 @@ def _grid_cases(seed: int, graded: bool) -> list[dict]:
     gen = torch.Generator().manual_seed(seed)
     dt = torch.float64 if graded else torch.float32
     if not graded:
-        return [dict(tokens=_randn(gen, 2, 1 + 3 * 4, 5, dtype=dt), grid=(3, 4), num_prefix_tokens=1),
-                dict(tokens=_randn(gen, 1, 16, 3, dtype=dt), grid=(4, 4), num_prefix_tokens=0)]
-    return [dict(tokens=_randn(gen, 3, 2 + 2 * 5, 4, dtype=dt), grid=(2, 5), num_prefix_tokens=2),
-            dict(tokens=_randn(gen, 1, 1 + 6 * 2, 7, dtype=dt), grid=(6, 2), num_prefix_tokens=1),
-            dict(tokens=_randn(gen, 2, 1 + 1, 3, dtype=dt), grid=(1, 1), num_prefix_tokens=1),
-            dict(tokens=_randn(gen, 2, 5 * 5, 6, dtype=torch.float32), grid=(5, 5), num_prefix_tokens=0)]
+        return [dict(tokens=randn(gen, 2, 1 + 3 * 4, 5, dtype=dt), grid=(3, 4), num_prefix_tokens=1),
+                dict(tokens=randn(gen, 1, 16, 3, dtype=dt), grid=(4, 4), num_prefix_tokens=0)]
+    return [dict(tokens=randn(gen, 3, 2 + 2 * 5, 4, dtype=dt), grid=(2, 5), num_prefix_tokens=2),
+            dict(tokens=randn(gen, 1, 1 + 6 * 2, 7, dtype=dt), grid=(6, 2), num_prefix_tokens=1),
+            dict(tokens=randn(gen, 2, 1 + 1, 3, dtype=dt), grid=(1, 1), num_prefix_tokens=1),
+            dict(tokens=randn(gen, 2, 5 * 5, 6, dtype=torch.float32), grid=(5, 5), num_prefix_tokens=0)]
 
 
 def tokens_to_grid(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check a learner's `tokens_to_grid(tokens, grid, num_prefix_tokens=1)`: (B, prefix + h*w, D) -> (B, D, h, w)."""
     dt = torch.float64 if graded else torch.float32
     check_function(fn, segmentation.tokens_to_grid, _grid_cases(seed, graded), name="tokens_to_grid",
-                   mistakes=GRID_MISTAKES, forbidden=GRID_BUILTINS, **_tol(dt))
+                   mistakes=GRID_MISTAKES, forbidden=GRID_BUILTINS, **tolerance(dt))
 
 
 # ---------------------------------------------------------------------------------------- LinearDecoder
@@ -142,10 +134,10 @@ DECODER_MISTAKES = [
 def _decoder_inputs(seed: int, dim: int, graded: bool) -> list[dict]:
     gen = torch.Generator().manual_seed(seed)
     dt = torch.float64 if graded else torch.float32
-    inputs = [dict(x=_randn(gen, 2, 3 * 4, dim, dtype=dt), grid=(3, 4))]
+    inputs = [dict(x=randn(gen, 2, 3 * 4, dim, dtype=dt), grid=(3, 4))]
     if graded:
-        inputs += [dict(x=_randn(gen, 1, 5 * 2, dim, dtype=dt), grid=(5, 2)),
-                   dict(x=_randn(gen, 3, 1, dim, dtype=dt) * 3, grid=(1, 1))]
+        inputs += [dict(x=randn(gen, 1, 5 * 2, dim, dtype=dt), grid=(5, 2)),
+                   dict(x=randn(gen, 3, 1, dim, dtype=dt) * 3, grid=(1, 1))]
     return inputs
 
 
@@ -158,7 +150,7 @@ def linear_decoder(cls, *, seed: int = 0, graded: bool = False) -> None:
                     DECODER_MISTAKES]
         check_module(lambda: cls(dim, k).to(dt), reference, _decoder_inputs(seed, dim, graded),
                      name=f"LinearDecoder(embed_dim={dim}, num_classes={k})", mistakes=mistakes,
-                     forbidden=DECODER_BUILTINS, **_tol(dt))
+                     forbidden=DECODER_BUILTINS, **tolerance(dt))
 
 
 # -------------------------------------------------------------------------------------- MaskTransformer
@@ -261,11 +253,11 @@ def mask_transformer(cls, *, seed: int = 0, graded: bool = False) -> None:
             return module.to(dt)
 
         d = config["embed_dim"]
-        inputs = [dict(x=_randn(gen, 2, 3 * 4, d, dtype=dt), grid=(3, 4))]
+        inputs = [dict(x=randn(gen, 2, 3 * 4, d, dtype=dt), grid=(3, 4))]
         if graded:
-            inputs += [dict(x=_randn(gen, 1, 2 * 5, d, dtype=dt) * 2, grid=(2, 5)),
-                       dict(x=_randn(gen, 3, 1, d, dtype=dt), grid=(1, 1))]
-        check_module(build, reference, inputs, name=name, mistakes=mistakes, forbidden=MASK_BUILTINS, **_tol(dt))
+            inputs += [dict(x=randn(gen, 1, 2 * 5, d, dtype=dt) * 2, grid=(2, 5)),
+                       dict(x=randn(gen, 3, 1, d, dtype=dt), grid=(1, 1))]
+        check_module(build, reference, inputs, name=name, mistakes=mistakes, forbidden=MASK_BUILTINS, **tolerance(dt))
 
 
 # -------------------------------------------------------------------------------------------- dice_loss
@@ -323,13 +315,13 @@ DICE_MISTAKES = [
 def _dice_cases(seed: int, graded: bool) -> list[dict]:
     gen = torch.Generator().manual_seed(seed)
     dt = torch.float64 if graded else torch.float32
-    cases = [dict(logits=_randn(gen, 2, 3, 5, 6, dtype=dt) * 2, target=torch.randint(0, 3, (2, 5, 6), generator=gen))]
+    cases = [dict(logits=randn(gen, 2, 3, 5, 6, dtype=dt) * 2, target=torch.randint(0, 3, (2, 5, 6), generator=gen))]
     if graded:
         target = torch.randint(0, 3, (1, 4, 4), generator=gen)         # class 3 of 4 never in the target
-        cases += [dict(logits=_randn(gen, 1, 4, 4, 4, dtype=dt), target=target),
-                  dict(logits=_randn(gen, 3, 2, 3, 7, dtype=dt) * 4, target=torch.randint(0, 2, (3, 3, 7),
+        cases += [dict(logits=randn(gen, 1, 4, 4, 4, dtype=dt), target=target),
+                  dict(logits=randn(gen, 3, 2, 3, 7, dtype=dt) * 4, target=torch.randint(0, 2, (3, 3, 7),
                                                                                         generator=gen), smooth=0.0),
-                  dict(logits=_randn(gen, 2, 5, 8, 8, dtype=dt), target=torch.randint(0, 5, (2, 8, 8), generator=gen),
+                  dict(logits=randn(gen, 2, 5, 8, 8, dtype=dt), target=torch.randint(0, 5, (2, 8, 8), generator=gen),
                        smooth=2.0)]
     return cases
 
@@ -338,7 +330,7 @@ def dice_loss(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check a learner's `dice_loss(logits, target, smooth=1.0)`, values and gradients."""
     dt = torch.float64 if graded else torch.float32
     check_function(fn, segmentation.dice_loss, _dice_cases(seed, graded), name="dice_loss", mistakes=DICE_MISTAKES,
-                   forbidden=DICE_BUILTINS, **_tol(dt))
+                   forbidden=DICE_BUILTINS, **tolerance(dt))
 
 
 # ------------------------------------------------------------------------------------- confusion_matrix

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitlab import augment, distill, train
-from vitlab.check import PASS, CheckFailed, Mistake, _difference, call_learner, check_function, forbid
+from vitlab.check import CheckFailed, Mistake, PASS, _difference, call_learner, check_function, forbid, randn, tolerance
 
 SCHEDULE_BUILTINS = {
     train.cosine_lr: "vitlab.train.cosine_lr",
@@ -49,14 +49,6 @@ EMA_BUILTINS = {
     train.ModelEma.update: "vitlab.train.ModelEma",
     torch.optim.swa_utils.AveragedModel: "torch's AveragedModel",
 }
-
-
-def _randn(gen: torch.Generator, *shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    return torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype)
-
-
-def _tol(dtype: torch.dtype) -> dict[str, float]:
-    return {"atol": 1e-10, "rtol": 1e-8} if dtype == torch.float64 else {"atol": 2e-5, "rtol": 1e-4}
 
 
 # ------------------------------------------------------------------------------------ cosine schedule
@@ -124,8 +116,8 @@ def _with_grads(gen: torch.Generator, shapes, scale: float, dtype: torch.dtype, 
     """Fresh leaf parameters of the given shapes whose .grad is random (times `scale`); one without grad."""
     params = []
     for i, shape in enumerate(shapes):
-        p = _randn(gen, *shape, dtype=dtype).requires_grad_(True)
-        grad = _randn(gen, *shape, dtype=dtype) * scale
+        p = randn(gen, *shape, dtype=dtype).requires_grad_(True)
+        grad = randn(gen, *shape, dtype=dtype) * scale
         if i != no_grad:
             p.grad = grad
         params.append(p)
@@ -217,13 +209,13 @@ def clip_grad_norm(fn, *, seed: int = 0, graded: bool = False) -> None:
             raise CheckFailed("clip_grad_norm: it returns None; return the total norm of the gradients before "
                               f"clipping (a 0-d tensor).\n  on {where}")
         got = _clip_outcome(returned, mine)
-        problem = _difference(got, expected, **_tol(dt), what="(returned norm, gradients...)")
+        problem = _difference(got, expected, **tolerance(dt), what="(returned norm, gradients...)")
         if problem:
             for mistake in CLIP_MISTAKES:
                 wrong = [p.detach().clone().requires_grad_(True) for p in params]
                 for w, p in zip(wrong, params):
                     w.grad = None if p.grad is None else p.grad.clone()
-                if _difference(got, _clip_outcome(mistake.impl(wrong, max_norm), wrong), **_tol(dt), what="") is None:
+                if _difference(got, _clip_outcome(mistake.impl(wrong, max_norm), wrong), **tolerance(dt), what="") is None:
                     raise CheckFailed(f"clip_grad_norm: looks like you {mistake.label}.\n  {mistake.hint}")
             raise CheckFailed(f"clip_grad_norm: {problem} (item 0 is the returned norm, then the gradients)\n"
                               f"  on {where}")
@@ -274,7 +266,7 @@ def label_smoothing_cross_entropy(fn, *, seed: int = 0, graded: bool = False) ->
     dt = torch.float64 if graded else torch.float32
 
     def case(b, k, smoothing, scale=1.0):
-        return dict(logits=_randn(gen, b, k, dtype=dt) * scale, target=torch.randint(k, (b,), generator=gen),
+        return dict(logits=randn(gen, b, k, dtype=dt) * scale, target=torch.randint(k, (b,), generator=gen),
                     smoothing=smoothing)
 
     cases = [case(8, 5, 0.1), case(4, 10, 0.3, 3.0)]
@@ -282,7 +274,7 @@ def label_smoothing_cross_entropy(fn, *, seed: int = 0, graded: bool = False) ->
         cases += [case(1, 2, 0.2), case(16, 7, 0.0), case(5, 100, 0.1, 10.0), case(3, 3, 0.9)]
     check_function(fn, lambda logits, target, smoothing: F.cross_entropy(logits, target, label_smoothing=smoothing),
                    cases, name="label_smoothing_cross_entropy", mistakes=SMOOTHING_MISTAKES,
-                   forbidden=SMOOTHING_BUILTINS, **_tol(dt))
+                   forbidden=SMOOTHING_BUILTINS, **tolerance(dt))
 
 
 # ---------------------------------------------------------------------------------------------- cutmix
@@ -345,7 +337,7 @@ def cutmix(fn, *, seed: int = 0, graded: bool = False) -> None:
         cases += [case(2, 3, 8, 20, 4, 0.5, 4, 3), case(5, 2, 10, 6, 7, 0.9, 9, 0), case(4, 1, 16, 16, 2, 0.05, 0, 15),
                   case(3, 3, 9, 9, 3, 1.0, 4, 4)]
     check_function(fn, augment.cutmix, cases, name="cutmix", mistakes=CUTMIX_MISTAKES, forbidden=CUTMIX_BUILTINS,
-                   **_tol(dt))
+                   **tolerance(dt))
 
 
 # ------------------------------------------------------------------------------------ soft distillation
@@ -391,14 +383,14 @@ def soft_distillation_loss(fn, *, seed: int = 0, graded: bool = False) -> None:
     dt = torch.float64 if graded else torch.float32
 
     def case(b, k, temperature, scale=3.0):
-        return dict(student_logits=_randn(gen, b, k, dtype=dt) * scale,
-                    teacher_logits=_randn(gen, b, k, dtype=dt) * scale, temperature=temperature)
+        return dict(student_logits=randn(gen, b, k, dtype=dt) * scale,
+                    teacher_logits=randn(gen, b, k, dtype=dt) * scale, temperature=temperature)
 
     cases = [case(8, 10, 4.0), case(4, 5, 2.0)]
     if graded:
         cases += [case(1, 3, 1.0), case(6, 7, 10.0, 8.0), case(3, 100, 0.5, 1.0)]
     check_function(fn, distill.soft_distillation_loss, cases, name="soft_distillation_loss", mistakes=KD_MISTAKES,
-                   forbidden=KD_BUILTINS, **_tol(dt))
+                   forbidden=KD_BUILTINS, **tolerance(dt))
 
 
 # ---------------------------------------------------------------------------------------------- EMA
@@ -411,7 +403,7 @@ def _ema_net(seed: int, dtype: torch.dtype) -> nn.Module:
     with torch.no_grad():
         for v in net.state_dict().values():
             if v.is_floating_point():
-                v.copy_(_randn(gen, *v.shape, dtype=dtype).abs() if v.ndim == 1 else _randn(gen, *v.shape, dtype=dtype))
+                v.copy_(randn(gen, *v.shape, dtype=dtype).abs() if v.ndim == 1 else randn(gen, *v.shape, dtype=dtype))
             else:
                 v.fill_(int(torch.randint(1, 100, (1,), generator=gen)))
     return net
@@ -465,12 +457,12 @@ def ema_update(fn, *, seed: int = 0, graded: bool = False) -> None:
                               "you to write.\nA graded check gives zero for this exercise when it does.")
         got, expected = list(mine.state_dict().items()), list(truth.state_dict().items())
         for (name, g), (_, e) in zip(got, expected):
-            problem = _difference(g.detach(), e, **_tol(dt), what=f"`{name}` of the EMA model")
+            problem = _difference(g.detach(), e, **tolerance(dt), what=f"`{name}` of the EMA model")
             if problem:
                 for mistake in EMA_MISTAKES:
                     wrong = copy.deepcopy(start)
                     mistake.impl(wrong, model, decay)
-                    if all(_difference(a.detach(), b, **_tol(dt), what="") is None
+                    if all(_difference(a.detach(), b, **tolerance(dt), what="") is None
                            for (_, a), (_, b) in zip(got, wrong.state_dict().items())):
                         raise CheckFailed(f"ema_update: looks like you {mistake.label}.\n  {mistake.hint}")
                 raise CheckFailed(f"ema_update: {problem}\n  on {where}")

@@ -18,16 +18,9 @@ from torch import nn
 
 from vitlab import parallel, peft, transfer
 from vitlab.attention import MultiHeadAttention
-from vitlab.check import PASS, CheckFailed, Mistake, call_learner, check_function, check_module, describe, forbid
+from vitlab.check import (CheckFailed, Mistake, PASS, call_learner, check_function, check_module, describe, forbid,
+                          randn, tolerance)
 from vitlab.vit import VisionTransformer
-
-
-def _randn(gen: torch.Generator, *shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    return torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype)
-
-
-def _tol(dtype: torch.dtype) -> dict[str, float]:
-    return {"atol": 1e-10, "rtol": 1e-8} if dtype == torch.float64 else {"atol": 2e-5, "rtol": 1e-4}
 
 
 def _randomise(module: nn.Module, seed: int) -> nn.Module:
@@ -35,7 +28,7 @@ def _randomise(module: nn.Module, seed: int) -> nn.Module:
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in module.parameters():
-            p.copy_(_randn(gen, *p.shape, dtype=p.dtype) / math.sqrt(p[0].numel() if p.ndim > 1 else 4))
+            p.copy_(randn(gen, *p.shape, dtype=p.dtype) / math.sqrt(p[0].numel() if p.ndim > 1 else 4))
     return module
 
 
@@ -244,18 +237,18 @@ def lora_linear(cls, *, seed: int = 0, graded: bool = False) -> None:
             raise CheckFailed(f"{name} should build an nn.Module, got {describe(module)}")
         module = module.to(dt)
         _lora_structure(module, base, r, name)
-        x = _randn(gen, 3, 4, fin, dtype=dt)
+        x = randn(gen, 3, 4, fin, dtype=dt)
         with torch.no_grad():
             start = call_learner(name, module, {"x": x}, "the input (3, 4, in) at initialisation")
-            if not torch.allclose(start, base(x), **_tol(dt)):
+            if not torch.allclose(start, base(x), **tolerance(dt)):
                 raise CheckFailed(f"{name}: with B = 0 the output should equal base(x), and it does not.\n  The "
                                   "forward pass is base(x) + (alpha / r) * x @ A.T @ B.T.")
         reference = peft.LoRALinear(copy.deepcopy(base), r, alpha)
         with torch.no_grad():
-            reference.lora_B.copy_(_randn(gen, fout, r, dtype=dt) * 0.3)
-        inputs = [dict(x=x), dict(x=_randn(gen, 5, fin, dtype=dt) * 2)]
+            reference.lora_B.copy_(randn(gen, fout, r, dtype=dt) * 0.3)
+        inputs = [dict(x=x), dict(x=randn(gen, 5, fin, dtype=dt) * 2)]
         check_module(lambda: module, reference, inputs, name=name, mistakes=_lora_mistakes(reference.base, r, alpha),
-                     forbidden=forbidden, **_tol(dt))
+                     forbidden=forbidden, **tolerance(dt))
         _check_merge(module, reference, inputs, name, dt)
     print(f"{PASS} LoRALinear: frozen base, B = 0 at the start, merge() exact, on {len(configs)} "
           f"configuration{'s' * (len(configs) > 1)}.")
@@ -269,17 +262,17 @@ def _check_merge(module: nn.Module, reference: peft.LoRALinear, inputs: list[dic
         merged = call_learner(f"{name}.merge", module.merge, {}, "merge()")
         if not isinstance(merged, nn.Linear):
             raise CheckFailed(f"{name}.merge() should return an nn.Linear, got {describe(merged)}")
-        if not torch.allclose(module(x), before, **_tol(dt)):
+        if not torch.allclose(module(x), before, **tolerance(dt)):
             raise CheckFailed(f"{name}.merge() changed the LoRA layer itself: build a new nn.Linear and leave "
                               "`base`, A and B as they were.")
         got = merged(x)
-        if torch.allclose(got, before, **_tol(dt)):
+        if torch.allclose(got, before, **tolerance(dt)):
             return
         base = reference.base
-        if torch.allclose(got, base(x) + x @ (reference.lora_B @ reference.lora_A).T, **_tol(dt)):
+        if torch.allclose(got, base(x) + x @ (reference.lora_B @ reference.lora_A).T, **tolerance(dt)):
             raise CheckFailed(f"{name}.merge(): looks like you forgot the scaling alpha / r in the merged weight.\n"
                               "  The merged weight is W0 + (alpha / r) * B @ A.")
-        if base.bias is not None and torch.allclose(got, before - base.bias, **_tol(dt)):
+        if base.bias is not None and torch.allclose(got, before - base.bias, **tolerance(dt)):
             raise CheckFailed(f"{name}.merge(): looks like you forgot to copy the bias.\n  The merged Linear keeps "
                               "the base layer's bias unchanged.")
         raise CheckFailed(f"{name}.merge(): the merged Linear's outputs differ from the LoRA layer's by up to "
@@ -358,18 +351,18 @@ def prefix_attention(cls, *, seed: int = 0, graded: bool = False) -> None:
                               "\n  Freeze it: attn.requires_grad_(False); only prefix_k and prefix_v learn.")
         reference = peft.PrefixAttention(copy.deepcopy(attn), length)
         with torch.no_grad():
-            reference.prefix_k.copy_(_randn(gen, length, dim, dtype=dt))
-            reference.prefix_v.copy_(_randn(gen, length, dim, dtype=dt))
+            reference.prefix_k.copy_(randn(gen, length, dim, dtype=dt))
+            reference.prefix_v.copy_(randn(gen, length, dim, dtype=dt))
         mistakes = []
         for label, key, hint in PREFIX_MISTAKES:
             wrong = _WrongPrefix(copy.deepcopy(attn), length, key)
             wrong.load_state_dict(reference.state_dict())
             mistakes.append(Mistake(label, hint, wrong))
-        inputs = [dict(x=_randn(gen, 2, 5, dim, dtype=dt))]
+        inputs = [dict(x=randn(gen, 2, 5, dim, dtype=dt))]
         if graded:
-            inputs += [dict(x=_randn(gen, 1, 1, dim, dtype=dt) * 3), dict(x=_randn(gen, 3, 9, dim, dtype=dt) * 0.5)]
+            inputs += [dict(x=randn(gen, 1, 1, dim, dtype=dt) * 3), dict(x=randn(gen, 3, 9, dim, dtype=dt) * 0.5)]
         check_module(lambda: module, reference, inputs, name=name, mistakes=mistakes,
-                     forbidden={peft.PrefixAttention: "vitlab.peft.PrefixAttention"}, **_tol(dt))
+                     forbidden={peft.PrefixAttention: "vitlab.peft.PrefixAttention"}, **tolerance(dt))
 
 
 # -------------------------------------------------------------------------------- gradient averaging
@@ -478,7 +471,7 @@ def average_gradients(fn, *, seed: int = 0, graded: bool = False) -> None:
         model = nn.Sequential(nn.Linear(6, 8), nn.GELU(), nn.Linear(8, 3)).to(dt)
         if frozen:
             model[0].bias.requires_grad_(False)
-        x, y = _randn(gen, 4 * world, 6, dtype=dt), torch.randint(0, 3, (4 * world,), generator=gen)
+        x, y = randn(gen, 4 * world, 6, dtype=dt), torch.randint(0, 3, (4 * world,), generator=gen)
         full = copy.deepcopy(model)
         F.cross_entropy(full(x), y).backward()
         expected = [p.grad for p in full.parameters()]
@@ -488,7 +481,7 @@ def average_gradients(fn, *, seed: int = 0, graded: bool = False) -> None:
         local = [[None if p.grad is None else p.grad.clone() for p in r.parameters()] for r in replicas]
         _SimulatedWorld(world).run(fn, replicas, name, forbidden)
         where = f"a world of {world} ranks, {dt}".replace("torch.", "") + (", one frozen parameter" if frozen else "")
-        _compare_averages(name, replicas, expected, local, world, where, _tol(dt))
+        _compare_averages(name, replicas, expected, local, world, where, tolerance(dt))
     print(f"{PASS} {name}: every rank holds the full-batch gradient, in simulated worlds of "
           f"{', '.join(str(w) for w, _, _ in _averaging_cases(graded))} ranks.")
 
@@ -562,15 +555,15 @@ def tensor_parallel_mlp(fn, *, seed: int = 0, graded: bool = False) -> None:
     dt = torch.float64 if graded else torch.float32
 
     def case(lead, d, hidden, out, parts):
-        return dict(x=_randn(gen, *lead, d, dtype=dt), w1=_randn(gen, hidden, d, dtype=dt) / math.sqrt(d),
-                    b1=_randn(gen, hidden, dtype=dt) * 0.3, w2=_randn(gen, out, hidden, dtype=dt) / math.sqrt(hidden),
-                    b2=_randn(gen, out, dtype=dt) * 0.3, parts=parts)
+        return dict(x=randn(gen, *lead, d, dtype=dt), w1=randn(gen, hidden, d, dtype=dt) / math.sqrt(d),
+                    b1=randn(gen, hidden, dtype=dt) * 0.3, w2=randn(gen, out, hidden, dtype=dt) / math.sqrt(hidden),
+                    b2=randn(gen, out, dtype=dt) * 0.3, parts=parts)
 
     cases = [case((4,), 8, 16, 8, 2), case((2, 3), 6, 12, 5, 4)]
     if graded:
         cases += [case((5,), 4, 12, 3, 3), case((1, 2, 2), 5, 8, 5, 1), case((3,), 8, 32, 8, 8)]
     for c in cases:  # the reference itself against the unsplit MLP
         full = F.linear(F.gelu(F.linear(c["x"], c["w1"], c["b1"])), c["w2"], c["b2"])
-        assert torch.allclose(parallel.tensor_parallel_mlp(**c)[0], full, **_tol(dt))
+        assert torch.allclose(parallel.tensor_parallel_mlp(**c)[0], full, **tolerance(dt))
     check_function(fn, parallel.tensor_parallel_mlp, cases, name="tensor_parallel_mlp", mistakes=TP_MISTAKES,
-                   forbidden={parallel.tensor_parallel_mlp: "vitlab.parallel.tensor_parallel_mlp"}, **_tol(dt))
+                   forbidden={parallel.tensor_parallel_mlp: "vitlab.parallel.tensor_parallel_mlp"}, **tolerance(dt))

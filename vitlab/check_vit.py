@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitlab import vit
-from vitlab.check import PASS, CheckFailed, Mistake, call_learner, check_function, check_module, describe, forbid
+from vitlab.check import (CheckFailed, Mistake, PASS, call_learner, check_function, check_module, describe, forbid,
+                          randn, tolerance)
 
 LAYER_NORM_BUILTINS = {
     F.layer_norm: "torch's F.layer_norm",
@@ -29,14 +30,6 @@ BLOCK_BUILTINS = {
 }
 VIT_BUILTINS = {vit.VisionTransformer: "vitlab.vit.VisionTransformer"}
 COUNT_BUILTINS = VIT_BUILTINS | {vit.count_parameters: "vitlab.vit.count_parameters"}
-
-
-def _randn(gen: torch.Generator, *shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    return torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype)
-
-
-def _tol(dtype: torch.dtype) -> dict[str, float]:
-    return {"atol": 1e-10, "rtol": 1e-8} if dtype == torch.float64 else {"atol": 2e-5, "rtol": 1e-4}
 
 
 def _randomise(module: nn.Module, seed: int) -> nn.Module:
@@ -113,8 +106,8 @@ def _layer_norm_cases(seed: int, graded: bool) -> list[dict]:
 
     def case(*shape, scale=1.0, shift=0.0, **extra):
         d = shape[-1]
-        return dict(x=_randn(gen, *shape, dtype=dt) * scale + shift, weight=1 + 0.3 * _randn(gen, d, dtype=dt),
-                    bias=0.3 * _randn(gen, d, dtype=dt), **extra)
+        return dict(x=randn(gen, *shape, dtype=dt) * scale + shift, weight=1 + 0.3 * randn(gen, d, dtype=dt),
+                    bias=0.3 * randn(gen, d, dtype=dt), **extra)
 
     cases = [case(4, 16), case(2, 5, 8, scale=3.0, shift=1.5), case(2, 6, 32, scale=1e-3),
              case(2, 7, 12, eps=0.1)]
@@ -129,7 +122,7 @@ def layer_norm(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `layer_norm(x, weight, bias, eps=1e-6)`: normalise x (..., D) over its last dim, then scale and shift."""
     dt = torch.float64 if graded else torch.float32
     check_function(fn, _layer_norm_reference, _layer_norm_cases(seed, graded), name="layer_norm",
-                   mistakes=LAYER_NORM_MISTAKES, forbidden=LAYER_NORM_BUILTINS, **_tol(dt))
+                   mistakes=LAYER_NORM_MISTAKES, forbidden=LAYER_NORM_BUILTINS, **tolerance(dt))
 
 
 # ------------------------------------------------------------------------------------------ GELU
@@ -163,12 +156,12 @@ def gelu(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `gelu(x)`: the exact GELU, x * Phi(x), elementwise on any shape."""
     gen = torch.Generator().manual_seed(seed)
     dt = torch.float64 if graded else torch.float32
-    cases = [dict(x=torch.linspace(-6, 6, 121, dtype=dt)), dict(x=_randn(gen, 3, 4, 5, dtype=dt) * 2)]
+    cases = [dict(x=torch.linspace(-6, 6, 121, dtype=dt)), dict(x=randn(gen, 3, 4, 5, dtype=dt) * 2)]
     if graded:
-        cases += [dict(x=_randn(gen, 2, 3, 4, 5, dtype=dt) * 0.1), dict(x=torch.tensor([-30.0, -8.5, 0.0, 8.5, 30.0],
+        cases += [dict(x=randn(gen, 2, 3, 4, 5, dtype=dt) * 0.1), dict(x=torch.tensor([-30.0, -8.5, 0.0, 8.5, 30.0],
                                                                                         dtype=dt))]
     check_function(fn, _gelu_reference, cases, name="gelu", mistakes=GELU_MISTAKES, forbidden=GELU_BUILTINS,
-                   **_tol(dt))
+                   **tolerance(dt))
 
 
 # ----------------------------------------------------------------------------------------- Block
@@ -224,9 +217,9 @@ BLOCK_MISTAKES = [
 def _block_inputs(seed: int, dim: int, graded: bool) -> list[dict]:
     gen = torch.Generator().manual_seed(seed)
     dt = torch.float64 if graded else torch.float32
-    inputs = [dict(x=_randn(gen, 2, 5, dim, dtype=dt)), dict(x=_randn(gen, 2, 7, dim, dtype=dt) * 0.05)]
+    inputs = [dict(x=randn(gen, 2, 5, dim, dtype=dt)), dict(x=randn(gen, 2, 7, dim, dtype=dt) * 0.05)]
     if graded:
-        inputs += [dict(x=_randn(gen, 1, 1, dim, dtype=dt) * 3), dict(x=_randn(gen, 3, 4, dim, dtype=dt) + 2)]
+        inputs += [dict(x=randn(gen, 1, 1, dim, dtype=dt) * 3), dict(x=randn(gen, 3, 4, dim, dtype=dt) + 2)]
     return inputs
 
 
@@ -245,7 +238,7 @@ def block(cls, *, seed: int = 0, graded: bool = False) -> None:
         kwargs = {"mlp_ratio": ratio} if ratio != 4.0 else {}
         check_module(lambda: cls(dim, heads, **kwargs).to(dt), reference, _block_inputs(seed, dim, graded),
                      name=f"Block(dim={dim}, num_heads={heads}{', mlp_ratio=2.0' if kwargs else ''})",
-                     mistakes=mistakes, forbidden=BLOCK_BUILTINS, **_tol(dt))
+                     mistakes=mistakes, forbidden=BLOCK_BUILTINS, **tolerance(dt))
 
 
 # ------------------------------------------------------------------------------ VisionTransformer
@@ -341,11 +334,11 @@ def vision_transformer(cls, *, seed: int = 0, graded: bool = False) -> None:
         _vit_structure(module, reference, name)
         mistakes = [Mistake(label, hint, _WrongViT(config, key).to(dt)) for label, key, hint in VIT_MISTAKES]
         size, chans = config["img_size"], config["in_chans"]
-        inputs = [dict(x=_randn(gen, 2, chans, size, size, dtype=dt))]
+        inputs = [dict(x=randn(gen, 2, chans, size, size, dtype=dt))]
         if graded:
-            inputs.append(dict(x=_randn(gen, 1, chans, size, size, dtype=dt) * 3))
+            inputs.append(dict(x=randn(gen, 1, chans, size, size, dtype=dt) * 3))
         check_module(lambda: module.to(dt), reference, inputs, name=name, mistakes=mistakes, forbidden=VIT_BUILTINS,
-                     **_tol(dt))
+                     **tolerance(dt))
 
 
 # ------------------------------------------------------------------------------- parameter count
