@@ -3,10 +3,12 @@
 #   bash setup.sh          the course: JupyterLab, nbgrader, vitlab and its dependencies
 #   bash setup.sh --test   the same, plus what only the test suite uses
 # System tools come from Debian's apt where this runs as root with apt: bubblewrap (the autograder's
-# kernel sandbox). Elsewhere it says what is missing; the course itself runs without it.
+# kernel sandbox) and, for the tests, chromium (the browser test). Elsewhere it says what is missing;
+# the course itself runs without them.
 set -euo pipefail
 cd "$(dirname "$0")"
 tools=(bubblewrap)
+[ "${1:-}" = "--test" ] && tools+=(chromium)
 missing=()
 for tool in "${tools[@]}"; do
   command -v "${tool/bubblewrap/bwrap}" >/dev/null || missing+=("$tool")
