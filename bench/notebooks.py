@@ -107,9 +107,20 @@ def run_notebook(path: Path, profile: str, timeout: int) -> Run:
     return Run(path.stem, profile, seconds, seconds_total, peak, status)
 
 
+# Seconds each notebook may take to run its cells on a 2-core CPU machine (issue 8); the gpu profile has none.
+BUDGET_S = {"grade": 20, "cpu": 120}
+
+
+def within_budget(r: Run) -> str:
+    budget = BUDGET_S.get(r.profile)
+    if budget is None or r.seconds is None:
+        return "-"
+    return f"yes (< {budget})" if r.seconds < budget else f"NO (>= {budget})"
+
+
 def table(runs: list[Run], markdown: bool) -> str:
-    """The runs as an aligned plain-text table, or as a Markdown table."""
-    header = ["notebook", "profile", "run s", "with kernel start s", "peak MiB", "status"]
+    """The runs as an aligned plain-text table, or as a Markdown table; a total row per profile."""
+    header = ["notebook", "profile", "run s", "with kernel start s", "peak MiB", "in budget", "status"]
     rows = [
         [
             r.notebook,
@@ -117,10 +128,19 @@ def table(runs: list[Run], markdown: bool) -> str:
             "-" if r.seconds is None else f"{r.seconds:.1f}",
             "-" if r.seconds_total is None else f"{r.seconds_total:.1f}",
             "-" if r.peak_mib is None else f"{r.peak_mib:.0f}",
+            within_budget(r),
             r.status,
         ]
         for r in runs
     ]
+    for profile in dict.fromkeys(r.profile for r in runs):
+        mine = [r for r in runs if r.profile == profile]
+        peaks = [r.peak_mib for r in mine if r.peak_mib is not None]
+        rows.append([f"total ({len(mine)})", profile,
+                     f"{sum(r.seconds or 0 for r in mine):.1f}", f"{sum(r.seconds_total or 0 for r in mine):.1f}",
+                     f"max {max(peaks):.0f}" if peaks else "-",
+                     f"{sum(within_budget(r).startswith('yes') for r in mine)} of {len(mine)}",
+                     f"{sum(r.status == 'ok' for r in mine)} ok"])
     if markdown:
         lines = [header, ["---"] * len(header), *rows]
         return "\n".join("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |" for cells in lines)
