@@ -24,12 +24,6 @@ def repo() -> Path:
     return ROOT
 
 
-@pytest.fixture(params=SOLUTION_NOTEBOOKS, ids=[p.parent.name for p in SOLUTION_NOTEBOOKS])
-def solution_notebook(request) -> Path:
-    """Each instructor notebook, solutions/NAME/NAME.ipynb."""
-    return request.param
-
-
 def run_autograder(*args: str, cwd: Path = ROOT, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run `python -m autograder ARGS` in `cwd` (whose autograder/ package runs).
 

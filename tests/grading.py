@@ -74,6 +74,11 @@ def checks_of(solution, module: str) -> dict[str, list[str]]:
     return found
 
 
+def executed(out: Path, student: str, chapter: str) -> nbformat.NotebookNode:
+    """The notebook as nbgrader ran it for `student`, with its outputs."""
+    return nbformat.read(out / "autograded" / student / chapter / f"{chapter}.ipynb", as_version=4)
+
+
 def html_text(path: Path) -> str:
     """What a reader of the feedback sees: the HTML without styles, scripts and tags."""
     page = re.sub(r"<(style|script)\b.*?</\1>", "", path.read_text(encoding="utf-8"), flags=re.S)
@@ -171,6 +176,15 @@ class ChapterGrading:
         checks = checks_of(notebooks[1], self.MODULE)
         assert sorted(checks) == sorted(self.EXERCISES)
         assert all(len(cells) == 1 for cells in checks.values())
+
+    def test_the_solution_runs_without_an_error_and_a_mistake_does_not(self, graded):
+        """Every cell of the graded solution ran without an error (so tests/test_notebooks.py need not run it again);
+        a submission with mistakes shows the errors its hidden tests raised, so this can tell the two apart."""
+        errors = {student: [(i, o.ename) for i, cell in enumerate(executed(graded[0], student, self.CHAPTER).cells)
+                            for o in cell.get("outputs", []) if o.output_type == "error"]
+                  for student in self.SUBMISSIONS}
+        assert errors.pop("solution") == [], "the solution notebook raised errors under the autograder"
+        assert all(errors.values()), f"a submission with mistakes shows no error: {errors}"
 
     def test_untouched_release_scores_zero_and_solution_full_points(self, graded, notebooks):
         assert sum(points(notebooks[1]).values()) == self.TOTAL

@@ -150,9 +150,9 @@ def cases(repo: Path, port: int) -> dict:
         "forkbomb": ([], lambda nb: after(nb, setup_cell, FORK_BOMB), 0, ["kernel-died:"]),
         "flood": ([], lambda nb: after(nb, setup_cell, 'print("x" * 3_000_000)\nfor i in range(3000):\n'
                                                       '    print(i, "spam" * 40)'), FULL, ["output-truncated:"]),
-        "writer": ([], lambda nb: after(nb, setup_cell, writes(repo)), FULL, []),
-        "reader": ([], lambda nb: after(nb, setup_cell, reads(repo)), FULL, []),
-        "network": ([], lambda nb: after(nb, setup_cell, connects(port)), FULL, []),
+        # tries to write outside its folder, read the gradebook and the hidden tests, and reach the host's network
+        "intruder": ([], lambda nb: after(nb, setup_cell, "\n".join([writes(repo), reads(repo), connects(port)])),
+                     FULL, []),
         "editor": ([NO_SCALE], edit_cell("sdpa-graded", 'print("all good")'), FULL - 3, ["edited:sdpa-graded"]),
         "deleter": ([], delete_cell("mha-graded"), FULL, ["deleted:mha-graded"]),
         "patcher": ([NO_SCALE], lambda nb: after(nb, setup_cell, 'check_attention.sdpa = lambda *a, **k: print("\u2714")'),
@@ -182,7 +182,7 @@ def batch(repo, tmp_path_factory, autograder, listener):
         zf.writestr(f"mallory/{CHAPTER}.ipynb", nbformat.writes(learner_submission(release, solution, [])))
     out = tmp_path_factory.mktemp("redteam-graded")
     done = autograder("grade", str(subs), "--chapter", CHAPTER, "--out", str(out), "--workers", "2",
-                      "--cell-timeout", "30", "--notebook-timeout", "300", timeout=1500)
+                      "--cell-timeout", "20", "--notebook-timeout", "300", timeout=1500)
     with (out / "grades.csv").open(encoding="utf-8") as f:
         grades = {row["student"]: row for row in csv.DictReader(f)}
     return done, out, grades, expected, subs
@@ -220,7 +220,7 @@ def outputs_of(out: Path, student: str) -> str:
 
 def test_the_kernel_cannot_write_outside_its_folder(batch, repo):
     _, out, _, _, subs = batch
-    text = outputs_of(out, "writer")
+    text = outputs_of(out, "intruder")
     assert "WROTE" not in text and text.count("refused") == 5, text
     assert not (repo / "vitlab" / "pwned.py").exists() and not (repo / "pwned.txt").exists()
     assert not Path("/work/pwned.txt").exists() and not Path("/etc/pwned.txt").exists()
@@ -230,13 +230,13 @@ def test_the_kernel_cannot_write_outside_its_folder(batch, repo):
 
 def test_the_kernel_cannot_read_the_gradebook_or_the_hidden_tests(batch):
     _, out, _, _, _ = batch
-    text = outputs_of(out, "reader")
+    text = outputs_of(out, "intruder")
     assert "READ" not in text and text.count("hidden") == 4, text
 
 
 def test_the_kernel_has_no_network(batch, listener):
     _, out, _, _, _ = batch
-    assert "no network:" in outputs_of(out, "network")
+    assert "no network:" in outputs_of(out, "intruder")
     assert listener[1] == []
 
 
