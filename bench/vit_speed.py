@@ -20,18 +20,18 @@ torchvision does not import, it is stubbed while timm imports.
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.abc
-import importlib.machinery
 import statistics
 import sys
 import time
-import types
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from vitlab import vit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from torchvision_stub import torchvision_stubbed  # noqa: E402
 
 # name: (VisionTransformer kwargs, batch on CPU, batch on CUDA)
 MODELS = {
@@ -43,58 +43,10 @@ MODELS = {
 }
 
 
-class _Placeholder(type):
-    """A stub class whose every attribute is a string, so that timm's import-time tables build."""
-
-    def __getattr__(cls, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return f"{cls.__name__}.{name}"
-
-
-class _StubModule(types.ModuleType):
-    """A torchvision module whose every attribute is an empty class."""
-
-    def __getattr__(self, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        value = _Placeholder(name, (), {})
-        setattr(self, name, value)
-        return value
-
-
-class _Stub(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Answers `import torchvision...` with stub modules (the ViT parts of timm never use them)."""
-
-    def find_spec(self, fullname, path=None, target=None):
-        if fullname.split(".")[0] == "torchvision":
-            return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
-        return None
-
-    def create_module(self, spec):
-        module = _StubModule(spec.name)
-        module.__path__ = []
-        return module
-
-    def exec_module(self, module):
-        pass
-
-
 def import_timm_vit():
     """timm.models.vision_transformer, with torchvision stubbed while timm imports if torchvision is unusable."""
-    try:
-        importlib.import_module("torchvision")
-    except Exception:
-        for name in [n for n in sys.modules if n.split(".")[0] == "torchvision"]:
-            del sys.modules[name]
-        stub = _Stub()
-        sys.meta_path.insert(0, stub)
-        try:
-            import timm.models.vision_transformer as timm_vit
-        finally:
-            sys.meta_path.remove(stub)
-        return timm_vit
-    import timm.models.vision_transformer as timm_vit
+    with torchvision_stubbed():
+        import timm.models.vision_transformer as timm_vit
     return timm_vit
 
 

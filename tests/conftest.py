@@ -2,17 +2,14 @@
 imported with torchvision stubbed (timm imports torchvision, whose wheels do not import beside torch's CPU build)."""
 from __future__ import annotations
 
-import contextlib
-import importlib.abc
-import importlib.machinery
 import importlib.util
 import os
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import pytest
+from torchvision_stub import torchvision_stubbed
 
 ROOT = Path(__file__).resolve().parent.parent
 SOLUTION_NOTEBOOKS = sorted(p for p in ROOT.glob("solutions/*/*.ipynb") if p.stem == p.parent.name)
@@ -40,59 +37,6 @@ def run_autograder(*args: str, cwd: Path = ROOT, timeout: float = 600) -> subpro
 def autograder():
     """`autograder(*args, cwd=...)` runs the instructor CLI in a subprocess and returns the CompletedProcess."""
     return run_autograder
-
-
-class Placeholder(type):
-    """Any attribute of a stub class is a string, so that timm's import-time tables (InterpolationMode.X) build."""
-
-    def __getattr__(cls, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return f"{cls.__name__}.{name}"
-
-
-class StubModule(types.ModuleType):
-    """A torchvision module whose every attribute is an empty class: enough for `import timm` to succeed."""
-
-    def __getattr__(self, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        value = Placeholder(name, (), {})
-        setattr(self, name, value)
-        return value
-
-
-class TorchvisionStub(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Answers `import torchvision...` with stub modules; the parts of timm we compare with never use it."""
-
-    def find_spec(self, fullname, path=None, target=None):
-        if fullname == "torchvision" or fullname.startswith("torchvision."):
-            return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
-        return None
-
-    def create_module(self, spec):
-        module = StubModule(spec.name)
-        module.__path__ = []
-        return module
-
-    def exec_module(self, module):
-        pass
-
-
-@contextlib.contextmanager
-def torchvision_stubbed():
-    """While the block runs, `import torchvision...` gives stub modules (unless a real torchvision is installed);
-    afterwards the stubs are gone from sys.modules, so nothing else sees them."""
-    stub = TorchvisionStub() if importlib.util.find_spec("torchvision") is None else None
-    if stub is not None:
-        sys.meta_path.insert(0, stub)
-    try:
-        yield
-    finally:
-        if stub is not None:
-            sys.meta_path.remove(stub)
-            for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
-                del sys.modules[name]
 
 
 def installed(package: str, pip: str) -> None:
