@@ -24,6 +24,10 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 python3 -m venv .venv
 .venv/bin/pip install -q -r requirements.txt
+# Jupyter in .venv (JupyterLab's Assignment List and Validate button, the formgrader) reads the course's nbgrader
+# configuration, wherever it is started from: course id, exchange folder, time limits.
+mkdir -p .venv/etc/jupyter
+printf 'load_subconfig(%s)\n' "'$PWD/autograder/nbgrader_config.py'" > .venv/etc/jupyter/nbgrader_config.py
 if [ "${1:-}" = "--test" ]; then
   # timm and open_clip without their dependencies: they would pull torchvision, whose wheels do not import
   # beside torch's CPU build; the tests stub it and compare vitlab's models with theirs on the same weights.
