@@ -171,7 +171,7 @@ def test_nbgrader_validate_button_and_assignment_list(open_notebook):
     notebook.menu("Nbgrader", "Assignment List")
     tab = page.locator(".lm-TabBar-tabLabel:text-is('Assignments')")
     tab.wait_for(state="visible")
-    page.get_by_text("Released assignments").first.wait_for(state="visible")
+    page.locator("text=Released assignments >> visible=true").first.wait_for(state="visible")
     page.wait_for_timeout(2000)  # the list asks the server for courses and assignments after it shows
     notebook.screenshot("nbgrader-assignment-list")
     text = page.locator("body").inner_text()

@@ -27,6 +27,7 @@ def nbgrader(*args, cwd, env):
 @pytest.mark.skipif(sandbox.missing() is not None, reason=f"no sandbox here: {sandbox.missing()}")
 def test_grade_collects_from_the_exchange(repo, tmp_path, autograder, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the exchange lives under it
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "data"))  # nbgrader's record of what the student submitted
     env = dict(os.environ, PATH=os.pathsep.join([os.path.dirname(sys.executable), os.environ["PATH"]]))
     config = f"--NbGrader.config_file={repo / 'autograder' / 'nbgrader_config'}"
     course = tmp_path / "course"
