@@ -78,6 +78,10 @@ def test_line_plot_one_line_per_series_with_styles_and_log_axes():
     assert ax.lines[1].get_linestyle() == "--"
     assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
     assert ax.get_xlabel() == "n"
+    fig.canvas.draw()
+    shown = [t.get_text() for t in ax.get_xticklabels() if x[0] <= t.get_position()[0] <= x[-1]]
+    assert shown == ["1", "2", "4", "8"]  # plain powers of two, each once
+    assert not [t.get_text() for t in ax.get_xticklabels(minor=True) if t.get_text()]
 
 
 def test_line_plot_refuses_mismatched_lengths():

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 import matplotlib.pyplot as plt
+import matplotlib.ticker as ticker
 import numpy as np
 import torch
 from matplotlib.axes import Axes
@@ -137,6 +138,9 @@ def line_plot(x, series: Mapping[str, Sequence[float]], *, ax: Axes | None = Non
         ax.plot(xs, ys, fmt, label=label, markersize=4)
     if logx:
         ax.set_xscale("log", base=2)
+        # plain numbers at the powers of two; matplotlib would also label some minor ticks, rounded to 2^k
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
     if logy:
         ax.set_yscale("log")
     ax.set_xlabel(xlabel)
