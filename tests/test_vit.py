@@ -25,7 +25,7 @@ def timm_vit(timm):
 
 
 def test_the_torchvision_stub_does_not_outlive_the_import(timm_vit):
-    from conftest import StubModule, TorchvisionStub
+    from torchvision_stub import StubModule, TorchvisionStub
 
     assert timm_vit.__module__ == "timm.models.vision_transformer"
     assert not any(isinstance(m, TorchvisionStub) for m in sys.meta_path)

@@ -134,6 +134,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{result['world']} ranks ({result['backend']}): |averaged - full-batch gradient| <= "
                   f"{result['grad_gap_full']:.1e}; |DDP - by hand| <= {result['grad_gap_ddp']:.1e} (gradients), "
                   f"{result['weight_gap_ddp']:.1e} (weights after a step)")
+        dist.barrier()  # no rank tears gloo down while another still uses it (that aborts the process)
     finally:
         dist.destroy_process_group()
 
