@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from vitlab import vit
+from vitlab import train, vit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from torchvision_stub import torchvision_stubbed  # noqa: E402
@@ -51,12 +51,11 @@ def import_timm_vit():
 
 
 def train_step(model, optimizer, images, labels, device: torch.device):
-    """One step: forward (bf16 autocast on CUDA), cross-entropy, backward, AdamW."""
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        loss = F.cross_entropy(model(images), labels)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    """One step as vitlab.train.fit takes it: forward (bf16 autocast where CUDA has it), cross-entropy, backward,
+    AdamW."""
+    with train._autocast(device):
+        loss = F.cross_entropy(model(images).float(), labels)
+    train.optimizer_step(loss, optimizer)
 
 
 def bench_model(name: str, config: dict, batch: int, repeats: int, device: torch.device, timm_vit) -> dict:

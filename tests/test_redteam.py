@@ -18,7 +18,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from grading import chapter_notebooks, html_text, learner_submission
+from grading import chapter_notebooks, executed, html_text, learner_submission
 
 from autograder import integrity, sandbox
 
@@ -214,7 +214,7 @@ def test_each_attack_gets_its_score_and_flag(batch, student):
 
 
 def outputs_of(out: Path, student: str) -> str:
-    nb = nbformat.read(out / "autograded" / student / CHAPTER / f"{CHAPTER}.ipynb", as_version=4)
+    nb = executed(out, student, CHAPTER)
     return "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
 
 
