@@ -16,7 +16,9 @@ all that a learner, or nbgrader's feedback, sees.
 from __future__ import annotations
 
 import builtins
+import functools
 import math
+import os
 import sys
 import sysconfig
 import traceback
@@ -46,6 +48,52 @@ class Mistake:
     label: str
     hint: str
     impl: Callable
+
+
+# ------------------------------------------------------------------------------------------ verdicts
+
+_VERDICTS: dict[int, bool] = {}  # id(learner object) -> whether its last check passed
+
+
+def grading() -> bool:
+    """Whether nbgrader runs this notebook (autograde or Validate): then a failed check must raise."""
+    return bool(os.environ.get("NBGRADER_EXECUTION"))
+
+
+def exercise_check(check: Callable) -> Callable:
+    """Make a chapter's check learner-friendly: in a learner's own run a failure prints one line and Run All
+    goes on; under nbgrader (Validate, autograde) or with `graded=True` it raises CheckFailed as before.
+
+    The verdict is remembered for the learner's objects (the positional arguments), so that `use` can pick
+    the learner's code for an experiment once its check has passed.
+    """
+    @functools.wraps(check)
+    def run(*learner: Any, graded: bool = False, **kwargs: Any) -> None:
+        try:
+            check(*learner, graded=graded, **kwargs)
+        except CheckFailed as failure:
+            for obj in learner:
+                _VERDICTS[id(obj)] = False
+            if graded or grading():
+                raise
+            print("".join(line + "\n" for line in failure._render_traceback_()), end="", file=sys.stderr)
+            return
+        for obj in learner:
+            _VERDICTS[id(obj)] = True
+
+    return run
+
+
+def use(learner: Any, reference: Any, name: str | None = None) -> Any:
+    """`learner` when its check passed in this kernel, else `reference` with one line saying so.
+
+    For experiments that should run with the learner's code once it works, and run at all before that.
+    """
+    if _VERDICTS.get(id(learner)):
+        return learner
+    name = name or getattr(learner, "__name__", type(learner).__name__)
+    print(f"\u24d8 {name} has not passed its check yet: this cell uses vitlab's reference instead.")
+    return reference
 
 
 # ---------------------------------------------------------------------------------------------- guard
