@@ -30,6 +30,8 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
+from vitlab import diagnose
+
 PASS = "\u2714"  # check mark
 FAIL = "\u2718"  # cross
 
@@ -353,6 +355,20 @@ def _diagnose(name: str, got: Any, mistakes: Sequence[Mistake], run_mistake: Cal
     return None
 
 
+def _outcomes(fn: Callable, reference: Callable, cases: Sequence[Mapping[str, Any]], atol: float, rtol: float,
+              ) -> tuple[Sequence[Mapping[str, Any]], list[bool]]:
+    """The cases and whether the learner's output fails each (an error counts as failing), for a diagnosis."""
+    failed = []
+    for case in cases:
+        try:
+            got = fn(**_clone_case(case, False))
+        except Exception:  # noqa: BLE001 - a case that raises fails
+            failed.append(True)
+            continue
+        failed.append(_difference(got, reference(**_clone_case(case, False)), atol, rtol, "output") is not None)
+    return cases, failed
+
+
 def _passed(name: str, cases: int, what: str) -> None:
     print(f"{PASS} {name}: matches the reference on {cases} case{'s' * (cases != 1)} ({what}).")
 
@@ -392,7 +408,9 @@ def check_function(fn: Callable, reference: Callable, cases: Sequence[Mapping[st
         problem = _difference(got, expected, atol, rtol, "your output")
         if problem:
             message = _diagnose(name, got, mistakes, lambda m: m.impl(**_clone_case(case, False)), atol, rtol)
-            raise CheckFailed(message or f"{name}: {problem}\n  on {where}")
+            raise CheckFailed(message or diagnose.explain(
+                name, problem, where, got, expected, case, atol=atol, rtol=rtol, reference=reference,
+                outcomes=lambda: _outcomes(fn, reference, cases, atol, rtol)))
         if not grad:
             continue
         keys = [k for k, v in args.items() if isinstance(v, torch.Tensor) and v.requires_grad]
@@ -457,7 +475,9 @@ def check_module(make_module: Callable[[], nn.Module], reference: nn.Module,
         if problem:
             with torch.no_grad():
                 message = _diagnose(name, got, mistakes, lambda m: m.impl(**_clone_case(case, False)), atol, rtol)
-            raise CheckFailed(message or f"{name}: {problem}\n  on {where}")
+                raise CheckFailed(message or diagnose.explain(
+                    name, problem, where, got, expected, case, atol=atol, rtol=rtol,
+                    outcomes=lambda: _outcomes(module, reference, inputs, atol, rtol)))
         if not grad:
             continue
         names = [k for k, p in reference.named_parameters() if p.requires_grad]
