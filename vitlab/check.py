@@ -267,8 +267,10 @@ def call_learner(name: str, fn: Callable, args: Mapping[str, Any], where: str) -
     except CheckFailed:
         raise
     except Exception as exc:  # noqa: BLE001 - any learner error becomes a readable failure
+        hint = diagnose.error_hint(exc)
         raise CheckFailed(
             f"{name} raised {type(exc).__name__}: {exc}\n  on {where}\n{_learner_frames(exc)}".rstrip()
+            + (f"\n  {hint}" if hint else "")
         ) from None
 
 

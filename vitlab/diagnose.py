@@ -14,6 +14,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import math
+import re
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
@@ -60,6 +61,8 @@ def _scalar_relation(got: Tensor, expected: Tensor, atol: float, rtol: float) ->
         return _said("Your output is the reference's with the opposite sign everywhere.",
                      "A minus sign is missing or one too many (a loss is minus the log-probability; "
                      "a difference taken the wrong way round: a - b instead of b - a).")
+    if g.numel() == 1:
+        return None  # any two numbers differ by some factor and offset: that says nothing
     factor = float((g @ e) / (e @ e))
     loose = dict(atol=atol * 10, rtol=rtol * 10)
     if abs(factor - 1) > 1e-6 and factor != 0 and _close(g, factor * e, **loose):
@@ -220,6 +223,12 @@ def _square(n: int) -> str:
 def _shape_relation(got: Tensor, expected: Tensor, atol: float, rtol: float) -> str | None:
     """A shape that is a known rearrangement or trimming of the expected one."""
     gs, es = tuple(got.shape), tuple(expected.shape)
+    differ = [a for a in range(got.dim()) if got.dim() == expected.dim() and gs[a] != es[a]]
+    if len(differ) == 2 and (gs[differ[0]], gs[differ[1]]) == (es[differ[1]], es[differ[0]]):
+        a, b = differ
+        return _said(f"Your output has shape {gs}, expected {es}: the sizes of axes {a} and {b} are swapped.",
+                     "Two sizes are taken in the wrong order: (h, w) unpacked as (w, h), or height and width "
+                     "(rows and columns) exchanged in a reshape.")
     if got.numel() == expected.numel():
         if tuple(s for s in gs if s != 1) == tuple(s for s in es if s != 1):
             if _close(got.reshape(es), expected, atol, rtol):
@@ -334,6 +343,17 @@ def _places(got: Tensor, expected: Tensor, atol: float, rtol: float, case: Mappi
 # ------------------------------------------------------------------------------------------- entry points
 
 
+def error_hint(exc: BaseException) -> str | None:
+    """A hint for an error raised by the learner's code, when its message shows a known slip."""
+    sizes = re.search(r"size of tensor a \((\d+)\) must match the size of tensor b \((\d+)\)", str(exc))
+    if sizes and abs(int(sizes[1]) - int(sizes[2])) in (1, 2):
+        return ("Two sizes differ by the number of prefix (class) tokens: a CLS token kept where it should be "
+                "dropped (tokens[:, num_prefix_tokens:]), or dropped where it should be kept.")
+    if sizes and math.isqrt(int(sizes[1])) ** 2 == int(sizes[1]) != int(sizes[2]):
+        return "A grid of the wrong size: check the stride, the patch size and which side is height or width."
+    return None
+
+
 def relation(got: Any, expected: Any, atol: float, rtol: float, case: Mapping[str, Any] | None = None,
              ) -> str | None:
     """How `got` relates to `expected` (tensors, numbers, or tuples of them) in one case, or None."""
@@ -375,6 +395,9 @@ def relation(got: Any, expected: Any, atol: float, rtol: float, case: Mapping[st
 
 
 def _equal(got: Any, expected: Any, atol: float, rtol: float) -> bool:
+    if isinstance(expected, (tuple, list)):
+        return isinstance(got, (tuple, list)) and len(got) == len(expected) and \
+            all(_equal(g, e, atol, rtol) for g, e in zip(got, expected))
     if isinstance(expected, Tensor):
         return isinstance(got, Tensor) and _close(got.detach().to(expected.dtype), expected.detach(), atol, rtol)
     if isinstance(expected, float):

@@ -1,0 +1,30 @@
+"""Run the mutant suite of tests/test_mutants.py and print how many mutants fail and how many are named.
+
+    python bench/mutants.py [-v]      (-v prints each unnamed mutant's message)
+"""
+import os
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+os.environ["NBGRADER_EXECUTION"] = "autograde"
+from test_mutants import MUTANTS, named, run_mutant  # noqa: E402
+
+start = time.process_time()
+total, failed, names = Counter(), Counter(), Counter()
+for mutant in MUTANTS:
+    message = run_mutant(mutant)
+    total[mutant.chapter] += 1
+    failed[mutant.chapter] += message is not None
+    names[mutant.chapter] += named(mutant, message)
+    if "-v" in sys.argv and not named(mutant, message):
+        print(f"--- {mutant.id}\n{message}\n")
+print(f"| chapter | mutants | lose points | named |\n|---|---|---|---|")
+for chapter in sorted(total):
+    print(f"| {chapter} | {total[chapter]} | {failed[chapter]} | {names[chapter]} |")
+n = sum(total.values())
+print(f"| all | {n} | {sum(failed.values())} ({100 * sum(failed.values()) / n:.0f} %) | "
+      f"{sum(names.values())} ({100 * sum(names.values()) / n:.0f} %) |")
+print(f"\nCPU time: {time.process_time() - start:.1f} s")
