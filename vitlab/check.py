@@ -334,7 +334,7 @@ def _difference(got: Any, expected: Any, atol: float, rtol: float, what: str) ->
             return f"{what} differs from the reference: largest error {err.max().item():.3g} (tolerance {atol:g})"
         return None
     if isinstance(expected, float):
-        if not isinstance(got, (int, float)) or abs(got - expected) > atol + rtol * abs(expected):
+        if not isinstance(got, (int, float)) or not abs(got - expected) <= atol + rtol * abs(expected):  # NaN too
             return f"{what} is {got!r}, expected about {expected:.6g}"
         return None
     return None if got == expected else f"{what} is {got!r}, expected {expected!r}"
@@ -394,11 +394,13 @@ def _compare_gradients(name: str, keys: Sequence[str], got: Sequence[torch.Tenso
 
 def check_function(fn: Callable, reference: Callable, cases: Sequence[Mapping[str, Any]], *, name: str,
                    mistakes: Sequence[Mistake] = (), forbidden: Mapping[Any, str] | None = None,
-                   atol: float = 1e-5, rtol: float = 1e-4, grad: bool = True) -> None:
+                   atol: float = 1e-5, rtol: float = 1e-4, grad: bool = True,
+                   explain: Callable[[Any, dict[str, Any]], str | None] | None = None) -> None:
     """Compare `fn` with `reference` on every case (keyword arguments), values and input gradients.
 
-    Prints one pass line, or raises CheckFailed naming the first matching `Mistake`, else saying where the
-    outputs differ. Calls of anything in `forbidden` inside `fn` fail the check.
+    Prints one pass line, or raises CheckFailed naming the first matching `Mistake`, else what `explain(output,
+    learner's arguments)` says about the wrong output (a mistake named by its effect), else how the output
+    relates to the reference's (vitlab.diagnose). Calls of anything in `forbidden` inside `fn` fail the check.
     """
     for i, case in enumerate(cases):
         where = f"case {i + 1}: {describe_case(case)}"
@@ -410,6 +412,9 @@ def check_function(fn: Callable, reference: Callable, cases: Sequence[Mapping[st
         problem = _difference(got, expected, atol, rtol, "your output")
         if problem:
             message = _diagnose(name, got, mistakes, lambda m: m.impl(**_clone_case(case, False)), atol, rtol)
+            effect = explain(got, args) if explain is not None and message is None else None
+            if effect:
+                message = f"{name}: {effect}\n  on {where}"
             raise CheckFailed(message or diagnose.explain(
                 name, problem, where, got, expected, case, atol=atol, rtol=rtol, reference=reference,
                 outcomes=lambda: _outcomes(fn, reference, cases, atol, rtol)))

@@ -160,11 +160,39 @@ GIOU_MISTAKES = [
 ]
 
 
+def _enclosure_effect(got, args) -> str | None:
+    """Name the area C that a wrong GIoU used, whatever code built it: GIoU = IoU - (C - U) / C."""
+    if not isinstance(got, torch.Tensor) or got.dim() != 2:
+        return None
+    a, b = args["a"].detach().double(), args["b"].detach().double()
+    iou, union = det.box_iou(a, b)
+    inner = torch.minimum(a[:, None, 2:], b[None, :, 2:]) - torch.maximum(a[:, None, :2], b[None, :, :2])
+    area_a, area_b = det.box_area(a)[:, None], det.box_area(b)[None, :]
+    candidates = {
+        "the area of the intersection box (max of the top-left corners, min of the bottom-right ones)":
+            inner.clamp(min=0).prod(-1),
+        "the intersection box's width times height without the clamp at 0 (max of the top-left corners, min of "
+        "the bottom-right ones)": inner.prod(-1),
+        "the union": union,
+        "the sum of the two boxes' areas": area_a + area_b,
+        "the larger of the two boxes' areas": torch.maximum(area_a, area_b),
+    }
+    for what, area in candidates.items():
+        for over, denominator in (("C", area), ("the union", union)):
+            if torch.allclose(got.detach().double(), iou - (area - union) / denominator, atol=1e-4, rtol=1e-3):
+                if over == "the union" and what == "the union":
+                    continue
+                return (f"Your GIoU is IoU - (C - union) / {over} with C = {what}.\n  C is the area of the "
+                        "smallest box enclosing both: (max of the x1 - min of the x0) * (max of the y1 - min of the "
+                        "y0), and the empty part C - union is divided by C.")
+    return None
+
+
 def generalized_box_iou(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `generalized_box_iou(a, b)`: pairwise GIoU (N, M) of xyxy boxes."""
     dt = torch.float64 if graded else torch.float32
     check_function(fn, det.generalized_box_iou, _iou_cases(seed + 1, graded), name="generalized_box_iou",
-                   mistakes=GIOU_MISTAKES, forbidden=IOU_BUILTINS, **tolerance(dt))
+                   mistakes=GIOU_MISTAKES, forbidden=IOU_BUILTINS, explain=_enclosure_effect, **tolerance(dt))
 
 
 # --------------------------------------------------------------------------------------------- matching

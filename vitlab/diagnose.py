@@ -376,6 +376,10 @@ def relation(got: Any, expected: Any, atol: float, rtol: float, case: Mapping[st
     got, expected = got.detach(), expected.detach()
     if got.shape != expected.shape:
         return _shape_relation(got, expected, atol, rtol)
+    if torch.isnan(got).any() and not torch.isnan(expected).any():
+        return _said("Your output is NaN where the reference's is a number.",
+                     "A 0/0 or a log(0) somewhere: an empty class, row or set (a union, count or sum of 0), or a "
+                     "softmax over a row of only -inf. Leave such entries out (torch.nanmean) or guard the division.")
     if _close(got, expected, atol, rtol):
         return None  # equal values: the problem is elsewhere (the dtype, say), and its own message says so
     if expected.dtype == torch.float64 and _close(got.double(), expected, 2e-5, 1e-4):
