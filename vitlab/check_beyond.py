@@ -314,6 +314,11 @@ def _pairs(frames: int, patches: int, kind: str) -> int:
 
 
 PAIRS_MISTAKES = [
+    Mistake("counted T^2 + N^2 pairs for divided attention (one query per frame and per place)",
+            "Every one of the T N tokens is a query in both attentions: T N tokens x T keys (time) plus "
+            "T N tokens x N keys (space) = T N (T + N).",
+            lambda frames, patches, kind: frames ** 2 + patches ** 2 if kind == "divided" else
+            _pairs(frames, patches, kind)),
     Mistake("cubed the token count for joint attention, as the book claims",
             "Joint attention scores every token against every token: (T N) queries times (T N) keys, (T N)^2.",
             lambda frames, patches, kind: (frames * patches) ** 3 if kind == "joint" else

@@ -285,8 +285,17 @@ def _loss_tuple(fn):
     return parts
 
 
-def _loss_variant(eos=None, l1_mean=False, plain_giou=False, per_query=False, no_object_first=False):
+def _loss_variant(eos=None, l1_mean=False, plain_giou=False, per_query=False, no_object_first=False,
+                  eos_on_first=False):
     def wrong(logits, boxes, targets, indices, eos_coef=det.EOS_COEF):
+        if eos_on_first:  # no-object is the last class, but eos_coef went to class 0
+            found = det.set_loss(logits, boxes, targets, indices, eos_coef)
+            classes = torch.full(logits.shape[:2], logits.shape[-1] - 1, dtype=torch.int64)
+            for i, (src, tgt) in enumerate(indices):
+                classes[i, src] = targets[i]["labels"][tgt]
+            weight = torch.ones(logits.shape[-1], dtype=logits.dtype)
+            weight[0] = eos_coef
+            return F.cross_entropy(logits.transpose(1, 2), classes, weight=weight), found["l1"], found["giou"]
         if no_object_first:
             classes = torch.zeros(logits.shape[:2], dtype=torch.int64)
             for i, (src, tgt) in enumerate(indices):
@@ -324,6 +333,9 @@ LOSS_MISTAKES = [
     Mistake("divided the box losses by the number of queries instead of the number of target boxes",
             "Normalise L1 and GIoU by the number of target boxes in the batch (at least 1), not by B * Q.",
             _loss_variant(per_query=True)),
+    Mistake("gave eos_coef to class 0 instead of the no-object class (the last one)",
+            "The down-weighted class is 'no object', index K (the last of the K + 1 columns): weight[-1] = eos_coef.",
+            _loss_variant(eos_on_first=True)),
     Mistake("put the no-object class first (index 0) instead of last",
             "DETR's no-object class is the last one, index K: logits have K + 1 columns and unmatched queries "
             "aim at class K.", _loss_variant(no_object_first=True)),

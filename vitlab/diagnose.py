@@ -410,15 +410,23 @@ def _equal(got: Any, expected: Any, atol: float, rtol: float) -> bool:
 
 
 def argument_slip(got: Any, reference: Callable, case: Mapping[str, Any], atol: float, rtol: float,
-                  ) -> str | None:
-    """The reference called with one argument changed gives `got`: off by one, left at default, or swapped."""
+                  expected: Any = None) -> str | None:
+    """The reference called with one argument changed gives `got`: off by one, left at default, or swapped.
+
+    For a tuple output, the items that differ from `expected` must match (the others may be right).
+    """
     def matches(**changed: Any) -> bool:
         try:
             with torch.no_grad():
                 args = {k: v.detach().clone() if isinstance(v, Tensor) else v for k, v in {**case, **changed}.items()}
-                return _equal(got, reference(**args), atol, rtol)
+                out = reference(**args)
         except Exception:  # noqa: BLE001 - a changed call that cannot run simply does not match
             return False
+        if isinstance(out, (tuple, list)) and isinstance(got, (tuple, list)) and isinstance(expected, (tuple, list)) \
+                and len(out) == len(got) == len(expected):
+            wrong = [i for i in range(len(got)) if not _equal(got[i], expected[i], atol, rtol)]
+            return bool(wrong) and all(_equal(got[i], out[i], atol, rtol) for i in wrong)
+        return _equal(got, out, atol, rtol)
 
     for key, value in case.items():
         if isinstance(value, int) and not isinstance(value, bool):
@@ -499,7 +507,7 @@ def explain(name: str, problem: str, where: str, got: Any, expected: Any, case: 
     try:
         found = relation(got, expected, atol, rtol, case)
         if found is None and reference is not None:
-            found = argument_slip(got, reference, case, atol, rtol)
+            found = argument_slip(got, reference, case, atol, rtol, expected)
     except Exception:  # noqa: BLE001 - a diagnosis is a bonus; never hide the failure itself
         found = None
     lines = [f"{name}: {found or problem}", f"  on {where}"]
