@@ -28,6 +28,7 @@ TOL = dict(atol=1e-10, rtol=1e-8)
     (REF[:, :, None], "only axes of size 1 differ"),
     (REF.float().double() + 1e-9 * REF, "only as accurate as float32"),
     (torch.zeros(2, 16, 8, dtype=torch.float64), "16 = 4x4 entries along axis 1 where 6 are expected"),
+    (REF.reshape(2, 8, 6), "the sizes of axes 1 and 2 are swapped"),
 ])
 def test_relation_names_the_transformation(got, words):
     assert words in diagnose.relation(got, REF, **TOL)

@@ -311,7 +311,7 @@ def _rope_pairing(x: Tensor, positions: Tensor, temperature: float = 10000.0, *,
     axes = 1 if positions.dim() == 1 else positions.shape[-1]
     if take == "halves":
         x = _pairs_adjacent(x, axes)
-    out = posenc.apply_rope(x, positions, temperature)
+    out = _rope_variant(x, positions, temperature, mistake="none")  # right, without calling the reference
     return _pairs_halves(out, axes) if give == "halves" else out
 
 

@@ -223,12 +223,6 @@ def _square(n: int) -> str:
 def _shape_relation(got: Tensor, expected: Tensor, atol: float, rtol: float) -> str | None:
     """A shape that is a known rearrangement or trimming of the expected one."""
     gs, es = tuple(got.shape), tuple(expected.shape)
-    differ = [a for a in range(got.dim()) if got.dim() == expected.dim() and gs[a] != es[a]]
-    if len(differ) == 2 and (gs[differ[0]], gs[differ[1]]) == (es[differ[1]], es[differ[0]]):
-        a, b = differ
-        return _said(f"Your output has shape {gs}, expected {es}: the sizes of axes {a} and {b} are swapped.",
-                     "Two sizes are taken in the wrong order: (h, w) unpacked as (w, h), or height and width "
-                     "(rows and columns) exchanged in a reshape.")
     if got.numel() == expected.numel():
         if tuple(s for s in gs if s != 1) == tuple(s for s in es if s != 1):
             if _close(got.reshape(es), expected, atol, rtol):
@@ -239,6 +233,11 @@ def _shape_relation(got: Tensor, expected: Tensor, atol: float, rtol: float) -> 
         found = _axis_order(got, expected, atol, rtol)
         if found:
             return found
+        differ = [a for a in range(got.dim()) if got.dim() == expected.dim() and gs[a] != es[a]]
+        if len(differ) == 2 and (gs[differ[0]], gs[differ[1]]) == (es[differ[1]], es[differ[0]]):
+            return _said(f"Your output has shape {gs}, expected {es}: the sizes of axes {differ[0]} and "
+                         f"{differ[1]} are swapped.", "Two sizes are taken in the wrong order: (h, w) unpacked as "
+                         "(w, h), or height and width (rows and columns) exchanged in a reshape.")
         if _close(got.reshape(es), expected, atol, rtol):
             return _said(f"Your output has shape {gs} where {es} is expected, but its values are the right ones "
                          "in the right order.", f"Reshape it to {es} (the exercise's docstring gives the shape).")
