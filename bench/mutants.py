@@ -1,6 +1,7 @@
 """Run the mutant suite of tests/test_mutants.py and print how many mutants fail and how many are named.
 
-    python bench/mutants.py [-v]      (-v prints each unnamed mutant's message)
+    python bench/mutants.py [-v] [--fresh]   (-v prints each unnamed mutant's message, --fresh -v every message;
+                                              --fresh runs the mutants written after the checks were tuned)
 """
 import os
 import sys
@@ -10,16 +11,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 os.environ["NBGRADER_EXECUTION"] = "autograde"
-from test_mutants import MUTANTS, named, run_mutant  # noqa: E402
+from test_mutants import FRESH, MUTANTS, named, run_mutant  # noqa: E402
 
 start = time.process_time()
+suite = FRESH if "--fresh" in sys.argv else MUTANTS
 total, failed, names = Counter(), Counter(), Counter()
-for mutant in MUTANTS:
+for mutant in suite:
     message = run_mutant(mutant)
     total[mutant.chapter] += 1
     failed[mutant.chapter] += message is not None
     names[mutant.chapter] += named(mutant, message)
-    if "-v" in sys.argv and not named(mutant, message):
+    if "-v" in sys.argv and (not named(mutant, message) or suite is FRESH):
         print(f"--- {mutant.id}\n{message}\n")
 print(f"| chapter | mutants | lose points | named |\n|---|---|---|---|")
 for chapter in sorted(total):

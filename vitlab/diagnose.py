@@ -62,6 +62,10 @@ def _scalar_relation(got: Tensor, expected: Tensor, atol: float, rtol: float) ->
                      "A minus sign is missing or one too many (a loss is minus the log-probability; "
                      "a difference taken the wrong way round: a - b instead of b - a).")
     if g.numel() == 1:
+        if float(g) == round(float(g)) and float(e) == round(float(e)) and abs(float(g - e)) == 1:
+            return _said(f"Your count is {'one more' if g > e else 'one less'} than the reference's "
+                         f"({int(g)} for {int(e)}).", "Off by one: something extra counted (a CLS token, an end "
+                         "point) or one left out, or a range that starts or stops one too early.")
         return None  # any two numbers differ by some factor and offset: that says nothing
     factor = float((g @ e) / (e @ e))
     loose = dict(atol=atol * 10, rtol=rtol * 10)
@@ -473,9 +477,9 @@ def _features(case: Mapping[str, Any]) -> dict[str, bool]:
             found[f"`{key}` with {value.dim()} axes"] = True
         elif isinstance(value, (bool, int, float, str)):
             found[f"{key}={value!r}"] = True
-    shapes = [v.shape for v in tensors.values() if v.dim() >= 2]
-    if len(shapes) >= 2:
-        found["inputs of different lengths (Lq != Lk)"] = len({s[-2] for s in shapes}) > 1
+    q, k = tensors.get("q"), tensors.get("k")
+    if q is not None and k is not None and q.dim() >= 2 and k.dim() >= 2:
+        found["queries and keys of different lengths (Lq != Lk)"] = q.shape[-2] != k.shape[-2]
     return found
 
 
