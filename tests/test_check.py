@@ -212,3 +212,12 @@ def test_verify_integrity_accepts_torchs_own_wrappers():
     importlib.import_module("torch._dynamo")
 
     check.verify_integrity()
+
+
+def test_mistake_in_one_item_of_a_tuple_is_named():
+    both = Mistake("normalised over the wrong axis", "use dim=-1",
+                   lambda x, dim=-1: (torch.softmax(x, dim=0), torch.softmax(2 * x, dim=0)))
+    with pytest.raises(CheckFailed, match="looks like you normalised over the wrong axis"):
+        check_function(lambda x, dim=-1: (my_softmax(x, dim=0), my_softmax(2 * x)),
+                       lambda x, dim=-1: (torch.softmax(x, dim=-1), torch.softmax(2 * x, dim=-1)),
+                       cases(), name="pair", mistakes=[both])

@@ -340,19 +340,25 @@ def _difference(got: Any, expected: Any, atol: float, rtol: float, what: str) ->
     return None if got == expected else f"{what} is {got!r}, expected {expected!r}"
 
 
-def _matches(got: Any, other: Any, atol: float, rtol: float) -> bool:
+def _matches(got: Any, other: Any, atol: float, rtol: float, expected: Any = None) -> bool:
+    """Whether `got` equals `other`; for a tuple, whether the items of `got` that differ from `expected` equal
+    `other`'s (a mistake made in one item only, one tower of two, say)."""
+    if isinstance(got, (tuple, list)) and isinstance(other, (tuple, list)) and isinstance(expected, (tuple, list)) \
+            and len(got) == len(other) == len(expected):
+        wrong = [i for i in range(len(got)) if _difference(got[i], expected[i], atol, rtol, "output") is not None]
+        return bool(wrong) and all(_difference(got[i], other[i], atol, rtol, "output") is None for i in wrong)
     return _difference(got, other, atol, rtol, "output") is None
 
 
 def _diagnose(name: str, got: Any, mistakes: Sequence[Mistake], run_mistake: Callable[[Mistake], Any],
-              atol: float, rtol: float) -> str | None:
-    """The message of the first known mistake whose output equals the learner's."""
+              atol: float, rtol: float, expected: Any = None) -> str | None:
+    """The message of the first known mistake whose output equals the learner's (see _matches)."""
     for mistake in mistakes:
         try:
             wrong = run_mistake(mistake)
         except Exception:  # noqa: BLE001 - a mistake that cannot run on this case just does not match
             continue
-        if _matches(got, wrong, atol, rtol):
+        if _matches(got, wrong, atol, rtol, expected):
             return f"{name}: looks like you {mistake.label}.\n  {mistake.hint}"
     return None
 
@@ -411,7 +417,8 @@ def check_function(fn: Callable, reference: Callable, cases: Sequence[Mapping[st
         _refuse(name, called)
         problem = _difference(got, expected, atol, rtol, "your output")
         if problem:
-            message = _diagnose(name, got, mistakes, lambda m: m.impl(**_clone_case(case, False)), atol, rtol)
+            message = _diagnose(name, got, mistakes, lambda m: m.impl(**_clone_case(case, False)), atol, rtol,
+                                expected)
             effect = explain(got, args) if explain is not None and message is None else None
             if effect:
                 message = f"{name}: {effect}\n  on {where}"
@@ -481,7 +488,8 @@ def check_module(make_module: Callable[[], nn.Module], reference: nn.Module,
         problem = _difference(got, expected, atol, rtol, "your output")
         if problem:
             with torch.no_grad():
-                message = _diagnose(name, got, mistakes, lambda m: m.impl(**_clone_case(case, False)), atol, rtol)
+                message = _diagnose(name, got, mistakes, lambda m: m.impl(**_clone_case(case, False)), atol, rtol,
+                                    expected)
                 raise CheckFailed(message or diagnose.explain(
                     name, problem, where, got, expected, case, atol=atol, rtol=rtol,
                     outcomes=lambda: _outcomes(module, reference, inputs, atol, rtol)))

@@ -261,6 +261,8 @@ def _kmeans_variant(mistake: str):
             return labels, torch.where(counts > 0, means, torch.zeros_like(palette))
         if mistake == "no_update":
             return labels, palette
+        if mistake == "sums":
+            return labels, torch.where(counts > 0, onehot.T @ pixels, palette)
         return labels, torch.where(counts > 0, means, palette)
 
     return wrong
@@ -276,6 +278,9 @@ KMEANS_MISTAKES = [
             "(torch.where(counts > 0, means, palette)).", _kmeans_variant("nan_empty")),
     Mistake("set an empty cluster's colour to zero", "A colour no pixel chose keeps its old value.",
             _kmeans_variant("zero_empty")),
+    Mistake("summed the pixels of each cluster without dividing by their count",
+            "The new colour is the cluster's mean: onehot.T @ pixels / counts (counts clamped at 1 for empty ones).",
+            _kmeans_variant("sums")),
     Mistake("returned the old palette", "The new palette holds, for each colour, the mean of the pixels assigned "
             "to it.", _kmeans_variant("no_update")),
 ]

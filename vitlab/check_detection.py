@@ -90,10 +90,10 @@ def _iou_reference(a, b):
     return det.box_iou(a, b)[0]
 
 
-def _iou_variant(clamp=True, subtract=True):
+def _iou_variant(clamp=True, subtract=True, corners=(torch.maximum, torch.minimum)):
     def wrong(a, b):
-        top_left = torch.maximum(a[:, None, :2], b[None, :, :2])
-        bottom_right = torch.minimum(a[:, None, 2:], b[None, :, 2:])
+        top_left = corners[0](a[:, None, :2], b[None, :, :2])
+        bottom_right = corners[1](a[:, None, 2:], b[None, :, 2:])
         wh = bottom_right - top_left
         wh = wh.clamp(min=0) if clamp else wh
         inter = wh[..., 0] * wh[..., 1]
@@ -110,6 +110,16 @@ IOU_MISTAKES = [
     Mistake("forgot to subtract the intersection from the union",
             "area(A) + area(B) counts the overlap twice: union = area(A) + area(B) - intersection.",
             _iou_variant(subtract=False)),
+    Mistake("took the min of the top-left corners (or the max of the bottom-right ones) for the intersection",
+            "The intersection starts at the larger x0, y0 and ends at the smaller x1, y1: "
+            "torch.maximum of the top-left corners, torch.minimum of the bottom-right ones.",
+            _iou_variant(corners=(torch.minimum, torch.minimum))),
+    Mistake("took the max of the bottom-right corners for the intersection",
+            "The intersection ends at the smaller x1, y1: torch.minimum of the bottom-right corners.",
+            _iou_variant(corners=(torch.maximum, torch.maximum))),
+    Mistake("built the enclosing box (min of the top-left corners, max of the bottom-right) instead of the "
+            "intersection", "The intersection takes the max of the top-left corners and the min of the bottom-right "
+            "ones; the enclosing box is GIoU's, later.", _iou_variant(corners=(torch.minimum, torch.maximum))),
 ]
 
 
@@ -286,7 +296,7 @@ def _loss_tuple(fn):
 
 
 def _loss_variant(eos=None, l1_mean=False, plain_giou=False, per_query=False, no_object_first=False,
-                  eos_on_first=False):
+                  eos_on_first=False, l1_squared=False):
     def wrong(logits, boxes, targets, indices, eos_coef=det.EOS_COEF):
         if eos_on_first:  # no-object is the last class, but eos_coef went to class 0
             found = det.set_loss(logits, boxes, targets, indices, eos_coef)
@@ -309,6 +319,8 @@ def _loss_variant(eos=None, l1_mean=False, plain_giou=False, per_query=False, no
         wanted = torch.cat([targets[i]["boxes"][tgt] for i, (_, tgt) in enumerate(indices)]).to(boxes)
         giou = torch.diag(det.generalized_box_iou(det.box_cxcywh_to_xyxy(matched), det.box_cxcywh_to_xyxy(wanted)))
         l1, g = found["l1"], found["giou"]
+        if l1_squared:
+            l1 = ((matched - wanted) ** 2).sum() / max(len(wanted), 1)
         if l1_mean:
             l1 = (matched - wanted).abs().mean()
         if plain_giou:
@@ -320,6 +332,8 @@ def _loss_variant(eos=None, l1_mean=False, plain_giou=False, per_query=False, no
 
 
 LOSS_MISTAKES = [
+    Mistake("squared the box differences (an L2 / MSE loss) instead of taking their absolute values",
+            "DETR's box loss is L1: (matched - wanted).abs().sum() / num_boxes.", _loss_variant(l1_squared=True)),
     Mistake("weighed the no-object class like the others (weight 1, not eos_coef)",
             "Most queries are unmatched, so their 'no object' terms would swamp the rest. Pass "
             "weight = [1, ..., 1, eos_coef] to F.cross_entropy (a tensor of K + 1 class weights).",

@@ -259,7 +259,7 @@ def _rope_variant(x: Tensor, positions: Tensor, temperature: float = 10000.0, *,
     elif mistake == "first_axis_only":
         angles = pos[:, 0].double()[:, None] * _omega(dim, temperature)[None, :]
     else:
-        omega = _omega(width, temperature, "i/D" if mistake == "i_over_d" else "2i/D")
+        omega = _omega(width, temperature, {"i_over_d": "i/D", "multiply": "multiply"}.get(mistake, "2i/D"))
         angles = torch.cat([pos[:, a].double()[:, None] * omega[None, :] for a in range(axes)], dim=1)
     if mistake == "backwards":
         angles = -angles
@@ -289,6 +289,8 @@ ROPE_MISTAKES = [Mistake(label, hint, lambda x, positions, temperature=10000.0, 
     ("used the exponent i/d instead of 2i/d", "i_over_d",
      "Pair i of a block of d channels turns at omega_i = 1/T^(2i/d), i = 0 .. d/2 - 1, as in the sin-cos table; "
      "with 2 axes each block has d = D/2 channels."),
+    ("multiplied the angle by T^(2i/d) instead of dividing", "multiply",
+     "omega_i = 1 / T^(2i/d) <= 1: the angle is position * omega_i, so low channel pairs turn fastest."),
     ("added the row and column into one position for every channel", "sum_axes",
      "Axial RoPE splits the channels: the first half turns with the row, the second half with the column."),
     ("used only the first position axis", "first_axis_only",

@@ -449,7 +449,8 @@ def _ema_variant(kind: str):
     def wrong(ema_model, model, decay):
         for (name, e), m in zip(ema_model.state_dict().items(), model.state_dict().values()):
             if not e.is_floating_point():
-                e.copy_(m)
+                if kind != "ints_left":
+                    e.copy_(m)
             elif kind == "swapped":
                 e.mul_(1 - decay).add_(m, alpha=decay)
             elif kind == "params_only" and name.split(".")[-1] in ("running_mean", "running_var"):
@@ -471,6 +472,9 @@ EMA_MISTAKES = [
             _ema_variant("params_only")),
     Mistake("copied the model's weights instead of averaging", "ema = decay * ema + (1 - decay) * model.",
             _ema_variant("copy")),
+    Mistake("left the integer buffers (BatchNorm's num_batches_tracked) as they were",
+            "An integer entry cannot be averaged, but the EMA model must not keep a stale one: copy it, "
+            "ema_v.copy_(model_v).", _ema_variant("ints_left")),
 ]
 
 

@@ -276,6 +276,8 @@ class _WrongViT(vit.VisionTransformer):
             x = torch.cat([cls, x + self.pos_embed[:, 1:]], dim=1)
         elif self.mistake == "no_position":
             x = torch.cat([cls, x], dim=1)
+        elif self.mistake == "cls_last":
+            x = torch.cat([x, cls], dim=1) + self.pos_embed
         else:
             x = torch.cat([cls, x], dim=1) + self.pos_embed
         for blk in self.blocks:
@@ -296,6 +298,9 @@ VIT_MISTAKES = [
      "With CLS pooling the classifier reads one token, the first: x[:, 0] (mean pooling is global_pool='avg')."),
     ("read the last token instead of the CLS token", "last_token",
      "The CLS token is prepended, so it is x[:, 0]."),
+    ("appended the CLS token after the patch tokens", "cls_last",
+     "Prepend it: torch.cat([cls_token, patches], dim=1). Row 0 of pos_embed is the CLS token's, and the "
+     "classifier reads x[:, 0]."),
     ("added no position embedding to the CLS token", "cls_without_position",
      "pos_embed has N + 1 rows: concatenate the CLS token first, then add the whole table."),
     ("forgot to add the position embedding", "no_position",
