@@ -70,3 +70,11 @@ def test_argument_slips_and_failing_cases():
     assert "for n=5 is the reference's for n=6" in slip
     swapped = diagnose.argument_slip(REF[0] - REF[1], lambda a, b: a - b, dict(a=REF[1], b=REF[0]), **TOL)
     assert "`a` and `b` swapped" in swapped
+
+
+def test_an_error_from_sizes_one_token_apart_hints_at_the_prefix_token():
+    def keeps_cls(tokens):
+        return tokens + torch.zeros(tokens.shape[1] - 1, 1)  # a table without the CLS row
+
+    with pytest.raises(CheckFailed, match="prefix \\(class\\) tokens"):
+        check_function(keeps_cls, lambda tokens: tokens, [dict(tokens=torch.zeros(2, 17, 1))], name="t", grad=False)

@@ -6,6 +6,8 @@ constant factor, offset or power, a sign flip, a shift by one, extra or missing 
 size, float32 accuracy in a float64 case, or equality everywhere except a few rows, the masked positions or the
 border. `argument_slip(...)` tries the reference with one argument changed (off by one, left at its default,
 two arguments swapped), and `failing_cases(...)` says what the failing cases of a set have in common.
+`explain(...)` puts them together into a check's failure message; `error_hint(exc)` reads an exception's
+message for a known slip (sizes that differ by a prefix token).
 
 Each returns one plain sentence plus the hint it implies ("...\n  hint"), or None when nothing fits.
 """
