@@ -387,7 +387,8 @@ def relation(got: Any, expected: Any, atol: float, rtol: float, case: Mapping[st
                      "softmax over a row of only -inf. Leave such entries out (torch.nanmean) or guard the division.")
     if _close(got, expected, atol, rtol):
         return None  # equal values: the problem is elsewhere (the dtype, say), and its own message says so
-    if expected.dtype == torch.float64 and _close(got.double(), expected, 2e-5, 1e-4):
+    in_float32 = got.dtype == torch.float64 and torch.equal(got, got.float().double())  # every value a float32
+    if expected.dtype == torch.float64 and in_float32 and _close(got.double(), expected, 2e-5, 1e-4):
         err = (got.double() - expected).abs().max().item()
         return _said(f"Your float64 output is only as accurate as float32 (largest error {err:.2g}).",
                      "Somewhere your code computes in float32: a tensor made without dtype= (torch.tensor, "
