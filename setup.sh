@@ -35,11 +35,8 @@ step "installing PyTorch (CPU), JupyterLab, nbgrader and the course (a few minut
 mkdir -p .venv/etc/jupyter
 printf 'load_subconfig(%s)\n' "'$PWD/autograder/nbgrader_config.py'" > .venv/etc/jupyter/nbgrader_config.py
 step "configuring Jupyter: the course's nbgrader settings, .venv/bin on the terminals' PATH, the learner's view"
-# Terminals (and kernels) of a JupyterLab started from .venv find nbgrader, python and jupyter of .venv, however
-# JupyterLab was started.
-printf '%s\n' 'import os, sys' \
-  'os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])' \
-  > .venv/etc/jupyter/jupyter_server_config.py
+# The JupyterLab of .venv gives its terminals .venv/bin on PATH and opens them in the folder it serves.
+printf 'load_subconfig(%s)\n' "'$PWD/autograder/jupyter_server_config.py'" > .venv/etc/jupyter/jupyter_server_config.py
 bash autograder/instructor-view.sh off
 if [ "${1:-}" = "--test" ]; then
   step "installing what only the tests use"
