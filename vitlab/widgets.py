@@ -495,6 +495,7 @@ class AttentionMapViewer(FigureWidget):
     def figure(self) -> Figure:
         """The current state as a static figure (three panels)."""
         from matplotlib.patches import Rectangle
+        from matplotlib.ticker import MaxNLocator
 
         a = self.matrix()
         q, p, cols = self.query.value, self.prefix, self.grid[1]
@@ -514,6 +515,8 @@ class AttentionMapViewer(FigureWidget):
         ax_mat.set_title(f"all {a.shape[0]} queries (rows) over all keys", fontsize=10)
         ax_mat.set_xlabel("key token (0 = CLS)")
         ax_mat.set_ylabel("query token")
+        for axis in (ax_mat.xaxis, ax_mat.yaxis):
+            axis.set_major_locator(MaxNLocator(integer=True))  # token numbers, never 2.5
         viz.attention_distance_plot(self.distances, ax=ax_dist, title="mean attention distance, every head")
         if not self.rollout.value:
             heads = self.distances.shape[1]
@@ -835,6 +838,7 @@ class MixExplorer(FigureWidget):
 
     def figure(self) -> Figure:
         from matplotlib.patches import Rectangle
+        from matplotlib.ticker import MaxNLocator
 
         image, target, used, box = self.mixed()
         fig = Figure(figsize=(13, 3.4))
