@@ -62,9 +62,15 @@ def grading() -> bool:
     return bool(os.environ.get("NBGRADER_EXECUTION"))
 
 
+def _learner_run() -> bool:
+    """Whether a learner runs the check in their own notebook kernel (IPython, not nbgrader)."""
+    return bool(getattr(builtins, "__IPYTHON__", False)) and not grading()
+
+
 def exercise_check(check: Callable) -> Callable:
-    """Make a chapter's check learner-friendly: in a learner's own run a failure prints one line and Run All
-    goes on; under nbgrader (Validate, autograde) or with `graded=True` it raises CheckFailed as before.
+    """Make a chapter's check learner-friendly: in a learner's own notebook a failure prints its message and
+    Run All goes on; under nbgrader (Validate, autograde), with `graded=True`, or outside IPython (a script,
+    the tests) it raises CheckFailed.
 
     The verdict is remembered for the learner's objects (the positional arguments), so that `use` can pick
     the learner's code for an experiment once its check has passed.
@@ -76,7 +82,7 @@ def exercise_check(check: Callable) -> Callable:
         except CheckFailed as failure:
             for obj in learner:
                 _VERDICTS[id(obj)] = False
-            if graded or grading():
+            if graded or not _learner_run():
                 raise
             print("".join(line + "\n" for line in failure._render_traceback_()), end="", file=sys.stderr)
             return

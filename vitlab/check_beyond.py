@@ -15,6 +15,7 @@ from vitlab import beyond
 from vitlab.attention import MultiHeadAttention
 from vitlab.check import Mistake, check_function, check_module, randn, tolerance
 
+from vitlab.check import exercise_check
 CROSS_BUILTINS = {
     nn.MultiheadAttention: "nn.MultiheadAttention",
     F.multi_head_attention_forward: "torch's F.multi_head_attention_forward",
@@ -106,6 +107,7 @@ def _cross_inputs(seed: int, dim: int, context_dim: int, graded: bool, dtype: to
             for b, lq, lk in shapes]
 
 
+@exercise_check
 def cross_attention(cls, *, seed: int = 0, graded: bool = False) -> None:
     """Check a learner's `CrossAttention(dim, num_heads, context_dim=None)` with the reference's weights.
 
@@ -175,6 +177,7 @@ def _tubelet_cases(seed: int, graded: bool) -> list[dict]:
     return cases
 
 
+@exercise_check
 def tubelet_embed(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `tubelet_embed(video, weight, bias)`: Conv3d patch embedding with kernel = stride, as (B, N, D)."""
     dt = torch.float64 if graded else torch.float32
@@ -237,6 +240,7 @@ def _spectrogram_cases(seed: int, graded: bool) -> list[dict]:
     return cases
 
 
+@exercise_check
 def spectrogram_patches(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `spectrogram_patches(wave, n_fft, hop, patch)`: decibel power spectrogram cut into patches."""
     check_function(fn, beyond.spectrogram_patches, _spectrogram_cases(seed, graded), name="spectrogram_patches",
@@ -302,6 +306,7 @@ def _kmeans_cases(seed: int, graded: bool) -> list[dict]:
     return cases
 
 
+@exercise_check
 def kmeans_step(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `kmeans_step(pixels, palette)` -> (labels, new palette): one assignment and one update."""
     check_function(fn, beyond.kmeans_step, _kmeans_cases(seed, graded), name="kmeans_step",
@@ -344,6 +349,7 @@ PAIRS_MISTAKES = [
 ]
 
 
+@exercise_check
 def attention_pairs(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `attention_pairs(frames, patches, kind)` against the closed forms (ints)."""
     gen = torch.Generator().manual_seed(seed)

@@ -15,6 +15,7 @@ from torch import nn
 from vitlab import clip
 from vitlab.check import CheckFailed, Mistake, call_learner, check_function, check_module, describe, randn, tolerance
 
+from vitlab.check import exercise_check
 TEXT_BUILTINS = {
     clip.TextTransformer: "vitlab.clip.TextTransformer",
     clip._encode_text: "vitlab.clip's text forward",
@@ -111,6 +112,7 @@ def _text_configs(graded: bool) -> list[dict]:
     return [dict(context_length=8, vocab_size=20, width=32, heads=4, layers=2, output_dim=12)]
 
 
+@exercise_check
 def text_transformer(cls, *, seed: int = 0, graded: bool = False) -> None:
     """Check `TextTransformer(context_length, vocab_size, width, heads, layers, output_dim)` against the reference.
 
@@ -201,6 +203,7 @@ def _head_init(module: nn.Module, name: str) -> None:
                           f"{clip.LOGIT_SCALE_INIT:.4f}.")
 
 
+@exercise_check
 def clip_head(cls, *, seed: int = 0, graded: bool = False) -> None:
     """Check `ClipHead(image_dim, text_dim, embed_dim)`: projections, L2 normalisation, the learned scale and its clamp.
 
@@ -270,6 +273,7 @@ def _unit(gen: torch.Generator, *shape: int, dtype: torch.dtype) -> torch.Tensor
     return x / x.norm(dim=-1, keepdim=True)
 
 
+@exercise_check
 def clip_loss(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `clip_loss(image_features, text_features, logit_scale)`: symmetric cross-entropy, scalar."""
     gen = torch.Generator().manual_seed(seed)
@@ -310,6 +314,7 @@ ENSEMBLE_MISTAKES = [
 ]
 
 
+@exercise_check
 def class_embeddings(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `class_embeddings(text_features)`: (K, T, E) -> (K, E), normalise, average over templates, normalise."""
     gen = torch.Generator().manual_seed(seed)
@@ -349,6 +354,7 @@ RECALL_MISTAKES = [
 ]
 
 
+@exercise_check
 def recall_at_k(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `recall_at_k(similarity, k)` -> (image -> text, text -> image) as floats; pair i is (image i, text i)."""
     gen = torch.Generator().manual_seed(seed)

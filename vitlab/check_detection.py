@@ -16,6 +16,7 @@ from torch import nn
 from vitlab import detection as det
 from vitlab.check import (CheckFailed, Mistake, PASS, _diagnose, _difference, _refuse, call_learner, check_function,
                           describe, forbid, load_reference_weights, tolerance)
+from vitlab.check import exercise_check
 
 BOX_BUILTINS = {det.box_cxcywh_to_xyxy: "vitlab.detection.box_cxcywh_to_xyxy",
                 det.box_xyxy_to_cxcywh: "vitlab.detection.box_xyxy_to_cxcywh"}
@@ -70,6 +71,7 @@ TO_CXCYWH_MISTAKES = [
 ]
 
 
+@exercise_check
 def box_formats(to_xyxy, to_cxcywh, *, seed: int = 0, graded: bool = False) -> None:
     """Check `box_cxcywh_to_xyxy(boxes)` and `box_xyxy_to_cxcywh(boxes)` on (..., 4) boxes, and their round trip."""
     gen = torch.Generator().manual_seed(seed)
@@ -135,6 +137,7 @@ def _iou_cases(seed: int, graded: bool) -> list[dict]:
     return cases
 
 
+@exercise_check
 def box_iou(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `box_iou(a, b)`: pairwise IoU (N, M) of xyxy boxes a (N, 4), b (M, 4)."""
     dt = torch.float64 if graded else torch.float32
@@ -198,6 +201,7 @@ def _enclosure_effect(got, args) -> str | None:
     return None
 
 
+@exercise_check
 def generalized_box_iou(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `generalized_box_iou(a, b)`: pairwise GIoU (N, M) of xyxy boxes."""
     dt = torch.float64 if graded else torch.float32
@@ -275,6 +279,7 @@ def brute_force_match(logits, boxes, tgt_labels, tgt_boxes) -> tuple[torch.Tenso
     return torch.tensor(best), sum(cost[r, c].item() for c, r in enumerate(best))
 
 
+@exercise_check
 def hungarian_match(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `hungarian_match(logits, boxes, tgt_labels, tgt_boxes)` -> (prediction indices, target indices)."""
     check_function(_canonical(fn), _canonical(det.hungarian_match), _match_cases(seed, graded), name="hungarian_match",
@@ -375,6 +380,7 @@ def _loss_cases(seed: int, graded: bool) -> list[dict]:
     return cases
 
 
+@exercise_check
 def set_loss(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `set_loss(logits, boxes, targets, indices, eos_coef=0.1)` -> {"ce", "l1", "giou"}, values and gradients."""
     dt = torch.float64 if graded else torch.float32
@@ -448,6 +454,7 @@ def _outputs(found) -> tuple:
     return (found["pred_logits"], found["pred_boxes"], *aux)
 
 
+@exercise_check
 def detr_head(cls, *, seed: int = 0, graded: bool = False) -> None:
     """Check `DETRHead(num_classes, embed_dim, grid_size, num_queries, dim, depth, num_heads, mlp_ratio=2.0,
     num_prefix_tokens=1)`: load the reference's weights, compare every layer's class logits and boxes, and the

@@ -24,6 +24,7 @@ from torch import Tensor
 from vitlab import posenc
 from vitlab.check import CheckFailed, Mistake, PASS, call_learner, check_function, check_module, randn
 
+from vitlab.check import exercise_check
 TABLE_TOL = {"atol": 1e-4, "rtol": 1e-4}  # tables may be computed in float32 at any precision of the angle
 ROPE_TOL = {"atol": 2e-5, "rtol": 1e-4}
 
@@ -89,6 +90,7 @@ SINCOS_1D_MISTAKES = [
 ]
 
 
+@exercise_check
 def sincos_1d(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `sincos_1d(n, dim, temperature=10000.0)` -> (n, dim) = [sin(p omega) | cos(p omega)]."""
     sizes = [(10, 16, 10000.0), (7, 6, 10000.0), (50, 64, 100.0)]
@@ -139,6 +141,7 @@ SINCOS_2D_MISTAKES = [
 ]
 
 
+@exercise_check
 def sincos_2d(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `sincos_2d(h, w, dim, temperature=10000.0)` -> (h*w, dim), MAE's 2-D table."""
     sizes = [(3, 4, 8, 10000.0), (5, 2, 16, 10000.0), (4, 4, 32, 100.0)]
@@ -187,6 +190,7 @@ INDEX_MISTAKES = [
 ]
 
 
+@exercise_check
 def relative_position_index(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `relative_position_index(h, w)` -> (h*w, h*w) long: Swin's index into the bias table."""
     sizes = [(3, 2), (2, 3), (4, 4)] + ([(1, 4), (5, 1), (7, 7), (2, 6)] if graded else [])
@@ -225,6 +229,7 @@ BIAS_MISTAKES = [
 ]
 
 
+@exercise_check
 def relative_position_bias(cls, *, seed: int = 0, graded: bool = False) -> None:
     """Check a learner's `RelativePositionBias(window_size, num_heads)` with the reference's bias table."""
     dt = torch.float64 if graded else torch.float32
@@ -368,6 +373,7 @@ def _relative_gap(fn: Callable, positions: Tensor, dim: int, gen: torch.Generato
     return worst, (scores.max() - scores.min()).item(), example
 
 
+@exercise_check
 def apply_rope(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `apply_rope(x, positions, temperature=10000.0)`: the score depends only on m - n, and the values."""
     gen = torch.Generator().manual_seed(seed + 1)
@@ -456,6 +462,7 @@ RESAMPLE_MISTAKES = [Mistake(label, hint, lambda pos_embed, new_grid, num_prefix
 ]]
 
 
+@exercise_check
 def resample_pos_embed(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `resample_pos_embed(pos_embed, new_grid, num_prefix_tokens=1, old_grid=None)` (bicubic, antialias)."""
     gen = torch.Generator().manual_seed(seed)

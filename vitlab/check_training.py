@@ -16,6 +16,7 @@ from torch import nn
 from vitlab import augment, distill, train
 from vitlab.check import CheckFailed, Mistake, PASS, _difference, call_learner, check_function, forbid, randn, tolerance
 
+from vitlab.check import exercise_check
 SCHEDULE_BUILTINS = {
     train.cosine_lr: "vitlab.train.cosine_lr",
     train.warmup_cosine: "vitlab.train.warmup_cosine",
@@ -92,6 +93,7 @@ COSINE_MISTAKES = [
 ]
 
 
+@exercise_check
 def cosine_lr(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `cosine_lr(step, base_lr, total_steps, warmup_steps=0, warmup_lr_init=0.0, min_lr=0.0)`."""
     gen = torch.Generator().manual_seed(seed)
@@ -180,6 +182,7 @@ def _clip_outcome(total, params) -> list:
     return [total] + [p.grad for p in params]
 
 
+@exercise_check
 def clip_grad_norm(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `clip_grad_norm(parameters, max_norm)`: scale all .grad in place to a joint 2-norm of at most
     max_norm; return the norm before. The truth is torch.nn.utils.clip_grad_norm_ on copies."""
@@ -294,6 +297,7 @@ def _smoothing_effect(got, args) -> str | None:
             "the K - 1 other classes is another convention, not torch's or timm's.)")
 
 
+@exercise_check
 def label_smoothing_cross_entropy(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `label_smoothing_cross_entropy(logits, target, smoothing=0.1)` against F.cross_entropy's
     label_smoothing (timm's LabelSmoothingCrossEntropy is the same)."""
@@ -357,6 +361,7 @@ CUTMIX_MISTAKES = [
 ]
 
 
+@exercise_check
 def cutmix(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `cutmix(x, targets, lam, cy, cx)` -> (mixed images, mixed soft targets), timm's box and convention."""
     gen = torch.Generator().manual_seed(seed)
@@ -412,6 +417,7 @@ KD_MISTAKES = [
 ]
 
 
+@exercise_check
 def soft_distillation_loss(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `soft_distillation_loss(student_logits, teacher_logits, temperature=1.0)` = T^2 KL(p_T || q_T)."""
     gen = torch.Generator().manual_seed(seed)
@@ -478,6 +484,7 @@ EMA_MISTAKES = [
 ]
 
 
+@exercise_check
 def ema_update(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `ema_update(ema_model, model, decay)`: in place, ema = decay * ema + (1 - decay) * model on every
     floating entry of the state_dict; integer buffers copied; returns nothing needed."""

@@ -15,6 +15,7 @@ from torch import nn
 from vitlab import vit
 from vitlab.check import (CheckFailed, Mistake, PASS, call_learner, check_function, check_module, describe, forbid,
                           randn, tolerance)
+from vitlab.check import exercise_check
 
 LAYER_NORM_BUILTINS = {
     F.layer_norm: "torch's F.layer_norm",
@@ -123,6 +124,7 @@ def _layer_norm_cases(seed: int, graded: bool) -> list[dict]:
     return cases
 
 
+@exercise_check
 def layer_norm(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `layer_norm(x, weight, bias, eps=1e-6)`: normalise x (..., D) over its last dim, then scale and shift."""
     dt = torch.float64 if graded else torch.float32
@@ -157,6 +159,7 @@ GELU_MISTAKES = [
 ]
 
 
+@exercise_check
 def gelu(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `gelu(x)`: the exact GELU, x * Phi(x), elementwise on any shape."""
     gen = torch.Generator().manual_seed(seed)
@@ -238,6 +241,7 @@ def _block_inputs(seed: int, dim: int, graded: bool) -> list[dict]:
     return inputs
 
 
+@exercise_check
 def block(cls, *, seed: int = 0, graded: bool = False) -> None:
     """Check a learner's `Block(dim, num_heads, mlp_ratio=4.0, qkv_bias=True)` with the reference's weights.
 
@@ -336,6 +340,7 @@ def _vit_configs(graded: bool) -> list[dict]:
     return [dict(img_size=16, patch_size=4, in_chans=3, num_classes=5, embed_dim=32, depth=2, num_heads=4)]
 
 
+@exercise_check
 def vision_transformer(cls, *, seed: int = 0, graded: bool = False) -> None:
     """Check a learner's `VisionTransformer(img_size, patch_size, in_chans, num_classes, embed_dim, depth, num_heads)`.
 
@@ -424,6 +429,7 @@ def _count_effect(config: dict, got, truth: int) -> str:
     return ""
 
 
+@exercise_check
 def parameter_count(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `vit_parameter_count(img_size, patch_size, in_chans, num_classes, embed_dim, depth, mlp_ratio=4.0)`.
 
