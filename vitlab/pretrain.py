@@ -1,5 +1,5 @@
-"""The course's own pretrained backbone for chapters 7-9: a small ViT that learned, on scenes of its own, which
-shape lies under each patch.
+"""The course's own pretrained backbone (chapter 8 trains on it): a small ViT that learned, on scenes of its own,
+which shape lies under each patch.
 
 Real detectors and segmenters start from a backbone pretrained on much more data than the task has. Ours is
 pretrained on `vitlab.data.scenes` drawn with a seed (`PRETRAIN_SEED`) that no chapter uses, half of them with
@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from vitlab.device import profile
 from vitlab import data, train, vit
+from vitlab.device import profile
 
 CONFIG = dict(img_size=64, patch_size=8, num_classes=0, embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0)
 PRETRAIN_SEED = 1  # the chapters draw their scenes with seed 0
