@@ -74,7 +74,7 @@ def nbgrader_logged(course: Path, *args: str) -> bool:
     start = time.monotonic()
     done = nbgrader(course, *args)
     with (course / "nbgrader.log").open("a", encoding="utf-8") as log:
-        log.write(f"$ nbgrader {' '.join(args)}  (exit code {done.returncode}, {time.monotonic() - start:.0f} s)\n"
+        log.write(f"$ nbgrader {' '.join(args)}  (exit code {done.returncode}, {time.monotonic() - start:.1f} s)\n"
                   f"{done.stdout}{done.stderr}\n")
     return done.returncode == 0
 
@@ -211,7 +211,7 @@ def autograde_one(course: Path, sub: intake.Submission, options: Options) -> tup
         shutil.rmtree(Path(settings["--KernelManager.ip"]).parent, ignore_errors=True)
     else:
         done = nbgrader(course, *args)
-    log = (f"$ nbgrader {' '.join(args)}  (exit code {done.returncode}, {time.monotonic() - start:.0f} s)\n"
+    log = (f"$ nbgrader {' '.join(args)}  (exit code {done.returncode}, {time.monotonic() - start:.1f} s)\n"
            f"{done.stdout}{done.stderr}\n")
     ok = done.returncode == 0 and (course / "autograded" / sub.student / sub.chapter / f"{sub.chapter}.ipynb").exists()
     return ok, log

@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import csv
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import nbformat
@@ -22,75 +19,19 @@ import pytest
 from grading import chapter_notebooks, learner_submission
 
 pytest.importorskip("distributed")
+from dask_cluster import Cluster  # noqa: E402
 from distributed import Client  # noqa: E402
 
 CHAPTER = "01_attention"
-DASK = str(Path(sys.executable).with_name("dask"))
 NO_SCALE = ("scaled_dot_product_attention",
             "    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])",
             "    scores = q @ k.transpose(-2, -1)")
 
 
-@dataclass
-class Cluster:
-    address: str
-    folder: Path
-    processes: dict[str, subprocess.Popen] = field(default_factory=dict)  # worker name -> its process group
-
-    def start(self, name: str, *args: str, env: dict[str, str] | None = None) -> None:
-        """Start `dask ARGS` in a folder and session of its own (so that killing it takes its children too)."""
-        where = self.folder / name
-        where.mkdir()
-        with (where / "dask.log").open("w") as log:
-            self.processes[name] = subprocess.Popen([DASK, *args], cwd=where, env=env, stdout=log,
-                                                    stderr=subprocess.STDOUT, start_new_session=True)
-
-    def start_worker(self, name: str, env: dict[str, str] | None = None) -> None:
-        self.start(name, "worker", self.address, "--name", name, "--nthreads", "1", "--no-dashboard",
-                   "--local-directory", str(self.folder / name), env=env)
-
-    def kill(self, name: str) -> None:
-        process = self.processes.pop(name)
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-
-    def wait_for(self, workers: int, timeout: float = 120) -> None:
-        with Client(self.address, timeout=30) as client:
-            client.wait_for_workers(workers, timeout=timeout)
-
-    def address_of(self, name: str, timeout: float = 120) -> str:
-        """The address of the worker called `name`, once it has joined."""
-        deadline = time.monotonic() + timeout
-        with Client(self.address, timeout=30) as client:
-            while time.monotonic() < deadline:
-                found = [a for a, w in client.scheduler_info()["workers"].items() if w["name"] == name]
-                if found:
-                    return found[0]
-                time.sleep(0.5)
-        raise TimeoutError(f"worker {name} did not join the cluster in {timeout} s")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("dask")
-    port = free_port()
-    running = Cluster(f"tcp://127.0.0.1:{port}", folder)
-    running.start("scheduler", "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard")
-    try:
-        for name in ("w0", "w1"):
-            running.start_worker(name)
-        running.wait_for(2)
+    with Cluster.on_loopback(tmp_path_factory.mktemp("dask"), workers=2) as running:
         yield running
-    finally:
-        for name in list(running.processes):
-            running.kill(name)
 
 
 @pytest.fixture(scope="module")
