@@ -196,21 +196,31 @@ def stage(course: Path, sub: intake.Submission) -> tuple[list[str], int | None, 
     return flags, first, found
 
 
+def kernel_threads(workers: int) -> dict[str, str]:
+    """The kernel's OMP_NUM_THREADS: this machine's cores shared among the notebooks graded at once (torch's
+    default, a thread per core in every kernel, oversubscribes the cores), unless the environment sets it."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return {}
+    return {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // workers))}
+
+
 def autograde_one(course: Path, sub: intake.Submission, options: Options) -> tuple[bool, str]:
     """Run `nbgrader autograde` for one student and chapter (in the sandbox); (succeeded, its output)."""
     args = ["autograde", sub.chapter, f"--student={sub.student}", "--force",
             f"--Execute.timeout={options.cell_timeout}",
             f"--GuardedExecute.notebook_timeout={options.notebook_timeout}"]
     start = time.monotonic()
+    env = kernel_threads(options.workers)
     if options.sandboxed:
         with sandbox.kernel_uid() as uid:
             settings = sandbox.prepare(course, sub.student, sub.chapter, uid, options.limits)
             args += [f"{k}={v}" for k, v in settings.items() if k.startswith("--")]
-            done = nbgrader(course, *args, env={k: v for k, v in settings.items() if not k.startswith("--")})
+            env.update({k: v for k, v in settings.items() if not k.startswith("--")})
+            done = nbgrader(course, *args, env=env)
         shutil.rmtree(course / ".sandbox" / f"{sub.student}-{sub.chapter}", ignore_errors=True)
         shutil.rmtree(Path(settings["--KernelManager.ip"]).parent, ignore_errors=True)
     else:
-        done = nbgrader(course, *args)
+        done = nbgrader(course, *args, env=env)
     log = (f"$ nbgrader {' '.join(args)}  (exit code {done.returncode}, {time.monotonic() - start:.1f} s)\n"
            f"{done.stdout}{done.stderr}\n")
     ok = done.returncode == 0 and (course / "autograded" / sub.student / sub.chapter / f"{sub.chapter}.ipynb").exists()

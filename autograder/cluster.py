@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -80,7 +80,7 @@ def grade_job(job: Job) -> Graded:
     submitted.mkdir(parents=True)
     (submitted / f"{job.chapter}.ipynb").write_bytes(job.notebook)
     sub = intake.Submission(job.student, job.chapter, submitted / f"{job.chapter}.ipynb")
-    ok, log = cli.autograde_one(course, sub, job.options)
+    ok, log = cli.autograde_one(course, sub, replace(job.options, workers=worker.state.nthreads))
     autograded = course / "autograded" / job.student / job.chapter
     notebook = (autograded / f"{job.chapter}.ipynb").read_bytes() if ok else None
     shutil.rmtree(autograded, ignore_errors=True)  # the worker keeps nothing of the learner's but its gradebook rows

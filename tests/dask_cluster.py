@@ -27,7 +27,7 @@ class Cluster:
     def start(self, name: str, *args: str, env: dict[str, str] | None = None) -> None:
         """Start `dask ARGS` in a folder and session of its own (so that killing it takes its children too)."""
         where = self.folder / name
-        where.mkdir()
+        where.mkdir(parents=True)
         with (where / "dask.log").open("w") as log:
             self.processes[name] = subprocess.Popen([DASK, *args], cwd=where, env=env, stdout=log,
                                                     stderr=subprocess.STDOUT, start_new_session=True)
@@ -78,8 +78,10 @@ class Cluster:
         running = cls(f"tcp://127.0.0.1:{port}", folder)
         running.start("scheduler", "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard")
         try:
+            # the workers share this machine's cores: each kernel gets its share (see cli.kernel_threads)
+            share = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // workers)))
             for i in range(workers):
-                running.start_worker(f"w{i}")
+                running.start_worker(f"w{i}", env=share)
             running.wait_for(workers)
             yield running
         finally:
