@@ -118,6 +118,8 @@ def test_lms_exports_put_each_total_under_the_roster_identity_and_report_who_is_
                                        ["rich@uni.example", totals["mistake"]], ["ed@uni.example", ""]]
     done = autograder("export", str(local), "--format", "moodle", "--roster", str(roster), "--identifier", "Username")
     assert done.returncode == 2 and "no 'Username' column" in done.stderr
+    done = autograder("export", str(local), "--format", "canvas")
+    assert done.returncode == 2 and "--format canvas needs --roster" in done.stderr
 
 
 def test_a_worker_without_bubblewrap_is_refused_by_name(cluster, submissions, tmp_path, autograder):
