@@ -63,8 +63,9 @@ def grade_job(job: Job) -> Graded:
     from distributed import get_worker
 
     worker = get_worker()
-    if job.options.sandboxed and unfit():
-        raise WorkerProblem(f"worker {worker.address}: {unfit()}")
+    why = unfit() if job.options.sandboxed else None
+    if why:
+        raise WorkerProblem(f"worker {worker.address}: {why}")
     if source_digest(job.chapter) != job.source:
         raise WorkerProblem(f"worker {worker.address} has another version of {job.chapter}'s instructor notebook "
                             "than the instructor's machine: install the same course there")

@@ -60,13 +60,17 @@ def cohort(folder: Path, chapters: list[str], students: int) -> int:
     return count
 
 
+KINDS = (("kernels", ("ipykernel_launcher",)), ("nbgrader", ("nbgrader",)), ("dask", ("dask", "multiprocessing")))
+
+
 class CpuMeter:
     """CPU seconds (user + sys) of every process descending from this one while it runs, sandboxed kernels
-    included (their exit is not reaped up a chain that `getrusage` could see): each process is sampled every
-    0.2 s and counted with its last sample, so up to 0.2 s of each process's end is missed."""
+    included (their exit is not reaped up a chain that `getrusage` could see), by kind (KINDS, by command line;
+    "grade" for the rest): each process is sampled every 0.2 s and counted with its last sample, so up to 0.2 s
+    of each process's end is missed."""
 
     def __init__(self) -> None:
-        self.last: dict[tuple[int, float], float] = {}  # (pid, start time) -> CPU seconds at its last sample
+        self.last: dict[tuple[int, float], tuple[str, float]] = {}  # (pid, start time) -> (kind, CPU seconds)
         self.done = threading.Event()
         self.thread = threading.Thread(target=self.sample, daemon=True)
 
@@ -74,8 +78,9 @@ class CpuMeter:
         while not self.done.wait(0.2):
             for child in psutil.Process().children(recursive=True):
                 with contextlib.suppress(psutil.Error):
-                    times = child.cpu_times()
-                    self.last[child.pid, child.create_time()] = times.user + times.system
+                    times, command = child.cpu_times(), " ".join(child.cmdline())
+                    kind = next((kind for kind, words in KINDS if any(w in command for w in words)), "grade")
+                    self.last[child.pid, child.create_time()] = kind, times.user + times.system
 
     def __enter__(self) -> CpuMeter:
         self.thread.start()
@@ -85,13 +90,12 @@ class CpuMeter:
         self.done.set()
         self.thread.join()
 
-    @property
-    def seconds(self) -> float:
-        return sum(self.last.values())
+    def seconds(self, kind: str | None = None) -> float:
+        return sum(cpu for k, cpu in self.last.values() if kind in (None, k))
 
 
-def grade_run(subs: Path, dest: Path, workers: int, dask: bool, sandbox: bool) -> tuple[float, float, str]:
-    """Grade the cohort once; (wall seconds, CPU seconds, status)."""
+def grade_run(subs: Path, dest: Path, workers: int, dask: bool, sandbox: bool) -> tuple[float, CpuMeter, str]:
+    """Grade the cohort once; (wall seconds, its CPU, status)."""
     subprocess.run(["rm", "-rf", str(dest)], check=True)
     dest.mkdir(parents=True)
     with CpuMeter() as cpu, Cluster.on_loopback(dest / "dask", workers) if dask else nullcontext() as cluster:
@@ -101,7 +105,7 @@ def grade_run(subs: Path, dest: Path, workers: int, dask: bool, sandbox: bool) -
         done = subprocess.run(command + ([] if sandbox else ["--no-sandbox"]), cwd=ROOT, capture_output=True, text=True)
         seconds = time.monotonic() - start
     status = "ok" if done.returncode == 0 else f"exit {done.returncode}: {done.stderr.strip().splitlines()[-1:]}"
-    return seconds, cpu.seconds, status
+    return seconds, cpu, status
 
 
 def breakdown(log: Path, seconds: float, n: int) -> list[tuple[str, float]]:
@@ -141,7 +145,11 @@ def main() -> None:
           f"{'CPU s/submission':>16}  status")
     for name, seconds, cpu, status in rows:
         print(f"{name:>16}  {seconds:>7.1f}  {seconds / n:>12.1f}  {60 * n / seconds:>10.2f}  {base / seconds:>8.2f}  "
-              f"{cpu / n:>16.1f}  {status}")
+              f"{cpu.seconds() / n:>16.1f}  {status}")
+    kinds = [kind for kind, _ in KINDS] + ["grade"]
+    print(f"\nCPU s per submission, by process\n{'run':>16}  " + "  ".join(f"{k:>8}" for k in kinds))
+    for name, _, cpu, _ in rows:
+        print(f"{name:>16}  " + "  ".join(f"{cpu.seconds(k) / n:>8.1f}" for k in kinds))
     print(f"\nwhere the wall time of {rows[0][0]} went (from its nbgrader.log):")
     for what, seconds in breakdown(out / rows[0][0] / "grading" / "nbgrader.log", rows[0][1], n):
         print(f"  {what:<28} {seconds:>6.1f} s")
