@@ -134,3 +134,13 @@ def test_a_worker_without_bubblewrap_is_refused_by_name(cluster, submissions, tm
     assert done.returncode == 2
     assert f"worker {bare_address}: the kernel sandbox cannot run there: `bwrap` is not installed" in done.stderr
     assert not (tmp_path / "grading" / "autograded").exists()
+
+
+def test_kernels_share_the_cores_among_the_notebooks_graded_at_once(monkeypatch):
+    from autograder import cli
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert [cli.kernel_threads(w) for w in (1, 2, 3, 8, 16)] == [{"OMP_NUM_THREADS": t} for t in "84211"]
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert cli.kernel_threads(2) == {}  # the instructor's (or the worker's) own setting wins
