@@ -372,7 +372,8 @@ def feedback(course: Path, names: list[str]) -> None:
 
 def export(course: Path, names: list[str], path: Path | None = None) -> tuple[list[str], list[list[str]]]:
     """Write the grades from DIR's gradebook to a CSV (default DIR/grades.csv); returns its header and rows."""
-    header, rows = gradebook_rows(grading_folder(course), names)
+    course = grading_folder(course)
+    header, rows = gradebook_rows(course, names)
     path = path or course / "grades.csv"
     with path.open("w", newline="", encoding="utf-8") as f:
         csv.writer(f).writerows([header, *rows])
