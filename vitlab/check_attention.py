@@ -262,7 +262,9 @@ class _WrongAdditive(attention.AdditiveAttention):
 
     def forward(self, q, k, v, mask=None):
         features = self.w_q(q).unsqueeze(-2) + self.w_k(k).unsqueeze(-3)
-        if self.mistake != "no_tanh":
+        if self.mistake in ("relu", "sigmoid"):
+            features = getattr(torch, self.mistake)(features)
+        elif self.mistake != "no_tanh":
             features = torch.tanh(features)
         scores = self.v(features).squeeze(-1)
         if mask is not None:
@@ -276,6 +278,8 @@ ADDITIVE_MISTAKES = [
      "scores has shape (..., Lq, Lk): each query's weights sum to 1 over the keys, softmax(dim=-1)."),
     ("left out the tanh", "no_tanh",
      "The score is v^T tanh(W_q q + W_k k): without the tanh it collapses to a sum of two linear terms."),
+    ("used ReLU instead of tanh", "relu", "Bahdanau's score is v^T tanh(W_q q + W_k k): torch.tanh."),
+    ("used a sigmoid instead of tanh", "sigmoid", "Bahdanau's score is v^T tanh(W_q q + W_k k): torch.tanh."),
 ]
 
 

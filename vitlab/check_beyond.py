@@ -261,6 +261,8 @@ def _kmeans_variant(mistake: str):
             return labels, torch.where(counts > 0, means, torch.zeros_like(palette))
         if mistake == "no_update":
             return labels, palette
+        if mistake == "sums":
+            return labels, torch.where(counts > 0, onehot.T @ pixels, palette)
         return labels, torch.where(counts > 0, means, palette)
 
     return wrong
@@ -276,6 +278,9 @@ KMEANS_MISTAKES = [
             "(torch.where(counts > 0, means, palette)).", _kmeans_variant("nan_empty")),
     Mistake("set an empty cluster's colour to zero", "A colour no pixel chose keeps its old value.",
             _kmeans_variant("zero_empty")),
+    Mistake("summed the pixels of each cluster without dividing by their count",
+            "The new colour is the cluster's mean: onehot.T @ pixels / counts (counts clamped at 1 for empty ones).",
+            _kmeans_variant("sums")),
     Mistake("returned the old palette", "The new palette holds, for each colour, the mean of the pixels assigned "
             "to it.", _kmeans_variant("no_update")),
 ]
@@ -314,6 +319,11 @@ def _pairs(frames: int, patches: int, kind: str) -> int:
 
 
 PAIRS_MISTAKES = [
+    Mistake("counted T^2 + N^2 pairs for divided attention (one query per frame and per place)",
+            "Every one of the T N tokens is a query in both attentions: T N tokens x T keys (time) plus "
+            "T N tokens x N keys (space) = T N (T + N).",
+            lambda frames, patches, kind: frames ** 2 + patches ** 2 if kind == "divided" else
+            _pairs(frames, patches, kind)),
     Mistake("cubed the token count for joint attention, as the book claims",
             "Joint attention scores every token against every token: (T N) queries times (T N) keys, (T N)^2.",
             lambda frames, patches, kind: (frames * patches) ** 3 if kind == "joint" else

@@ -155,6 +155,8 @@ class _WrongHead(clip.ClipHead):
             e = f @ w
             if self.mistake == "no_normalise":
                 return e
+            if self.mistake == "batch_norm":
+                return e / e.norm()
             return e / e.norm(dim=0 if self.mistake == "wrong_dim" else -1, keepdim=True)
 
         scale = {"no_exp": self.logit_scale, "tau": (-self.logit_scale).exp(),
@@ -167,6 +169,8 @@ HEAD_MISTAKES = [
      "Project first, then normalise: I_e = l2_normalize(I_f @ W_i). A projection does not keep lengths."),
     ("forgot the L2 normalisation", "no_normalise",
      "Divide each embedding by its length, e / e.norm(dim=-1, keepdim=True): the logits are cosine similarities."),
+    ("divided by the norm of the whole batch (e.norm() without dim)", "batch_norm",
+     "Each row (one image or one text) gets unit length: e / e.norm(dim=-1, keepdim=True)."),
     ("normalised over the batch (dim=0) instead of each embedding", "wrong_dim",
      "Each row (one image or one text) gets unit length: norm over dim=-1, keepdim=True."),
     ("returned logit_scale itself instead of its exponential", "no_exp",

@@ -90,10 +90,10 @@ def _iou_reference(a, b):
     return det.box_iou(a, b)[0]
 
 
-def _iou_variant(clamp=True, subtract=True):
+def _iou_variant(clamp=True, subtract=True, corners=(torch.maximum, torch.minimum)):
     def wrong(a, b):
-        top_left = torch.maximum(a[:, None, :2], b[None, :, :2])
-        bottom_right = torch.minimum(a[:, None, 2:], b[None, :, 2:])
+        top_left = corners[0](a[:, None, :2], b[None, :, :2])
+        bottom_right = corners[1](a[:, None, 2:], b[None, :, 2:])
         wh = bottom_right - top_left
         wh = wh.clamp(min=0) if clamp else wh
         inter = wh[..., 0] * wh[..., 1]
@@ -110,6 +110,16 @@ IOU_MISTAKES = [
     Mistake("forgot to subtract the intersection from the union",
             "area(A) + area(B) counts the overlap twice: union = area(A) + area(B) - intersection.",
             _iou_variant(subtract=False)),
+    Mistake("took the min of the top-left corners (or the max of the bottom-right ones) for the intersection",
+            "The intersection starts at the larger x0, y0 and ends at the smaller x1, y1: "
+            "torch.maximum of the top-left corners, torch.minimum of the bottom-right ones.",
+            _iou_variant(corners=(torch.minimum, torch.minimum))),
+    Mistake("took the max of the bottom-right corners for the intersection",
+            "The intersection ends at the smaller x1, y1: torch.minimum of the bottom-right corners.",
+            _iou_variant(corners=(torch.maximum, torch.maximum))),
+    Mistake("built the enclosing box (min of the top-left corners, max of the bottom-right) instead of the "
+            "intersection", "The intersection takes the max of the top-left corners and the min of the bottom-right "
+            "ones; the enclosing box is GIoU's, later.", _iou_variant(corners=(torch.minimum, torch.maximum))),
 ]
 
 
@@ -160,11 +170,39 @@ GIOU_MISTAKES = [
 ]
 
 
+def _enclosure_effect(got, args) -> str | None:
+    """Name the area C that a wrong GIoU used, whatever code built it: GIoU = IoU - (C - U) / C."""
+    if not isinstance(got, torch.Tensor) or got.dim() != 2:
+        return None
+    a, b = args["a"].detach().double(), args["b"].detach().double()
+    iou, union = det.box_iou(a, b)
+    inner = torch.minimum(a[:, None, 2:], b[None, :, 2:]) - torch.maximum(a[:, None, :2], b[None, :, :2])
+    area_a, area_b = det.box_area(a)[:, None], det.box_area(b)[None, :]
+    candidates = {
+        "the area of the intersection box (max of the top-left corners, min of the bottom-right ones)":
+            inner.clamp(min=0).prod(-1),
+        "the intersection box's width times height without the clamp at 0 (max of the top-left corners, min of "
+        "the bottom-right ones)": inner.prod(-1),
+        "the union": union,
+        "the sum of the two boxes' areas": area_a + area_b,
+        "the larger of the two boxes' areas": torch.maximum(area_a, area_b),
+    }
+    for what, area in candidates.items():
+        for over, denominator in (("C", area), ("the union", union)):
+            if torch.allclose(got.detach().double(), iou - (area - union) / denominator, atol=1e-4, rtol=1e-3):
+                if over == "the union" and what == "the union":
+                    continue
+                return (f"Your GIoU is IoU - (C - union) / {over} with C = {what}.\n  C is the area of the "
+                        "smallest box enclosing both: (max of the x1 - min of the x0) * (max of the y1 - min of the "
+                        "y0), and the empty part C - union is divided by C.")
+    return None
+
+
 def generalized_box_iou(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `generalized_box_iou(a, b)`: pairwise GIoU (N, M) of xyxy boxes."""
     dt = torch.float64 if graded else torch.float32
     check_function(fn, det.generalized_box_iou, _iou_cases(seed + 1, graded), name="generalized_box_iou",
-                   mistakes=GIOU_MISTAKES, forbidden=IOU_BUILTINS, **tolerance(dt))
+                   mistakes=GIOU_MISTAKES, forbidden=IOU_BUILTINS, explain=_enclosure_effect, **tolerance(dt))
 
 
 # --------------------------------------------------------------------------------------------- matching
@@ -257,8 +295,17 @@ def _loss_tuple(fn):
     return parts
 
 
-def _loss_variant(eos=None, l1_mean=False, plain_giou=False, per_query=False, no_object_first=False):
+def _loss_variant(eos=None, l1_mean=False, plain_giou=False, per_query=False, no_object_first=False,
+                  eos_on_first=False, l1_squared=False):
     def wrong(logits, boxes, targets, indices, eos_coef=det.EOS_COEF):
+        if eos_on_first:  # no-object is the last class, but eos_coef went to class 0
+            found = det.set_loss(logits, boxes, targets, indices, eos_coef)
+            classes = torch.full(logits.shape[:2], logits.shape[-1] - 1, dtype=torch.int64)
+            for i, (src, tgt) in enumerate(indices):
+                classes[i, src] = targets[i]["labels"][tgt]
+            weight = torch.ones(logits.shape[-1], dtype=logits.dtype)
+            weight[0] = eos_coef
+            return F.cross_entropy(logits.transpose(1, 2), classes, weight=weight), found["l1"], found["giou"]
         if no_object_first:
             classes = torch.zeros(logits.shape[:2], dtype=torch.int64)
             for i, (src, tgt) in enumerate(indices):
@@ -272,6 +319,8 @@ def _loss_variant(eos=None, l1_mean=False, plain_giou=False, per_query=False, no
         wanted = torch.cat([targets[i]["boxes"][tgt] for i, (_, tgt) in enumerate(indices)]).to(boxes)
         giou = torch.diag(det.generalized_box_iou(det.box_cxcywh_to_xyxy(matched), det.box_cxcywh_to_xyxy(wanted)))
         l1, g = found["l1"], found["giou"]
+        if l1_squared:
+            l1 = ((matched - wanted) ** 2).sum() / max(len(wanted), 1)
         if l1_mean:
             l1 = (matched - wanted).abs().mean()
         if plain_giou:
@@ -283,6 +332,8 @@ def _loss_variant(eos=None, l1_mean=False, plain_giou=False, per_query=False, no
 
 
 LOSS_MISTAKES = [
+    Mistake("squared the box differences (an L2 / MSE loss) instead of taking their absolute values",
+            "DETR's box loss is L1: (matched - wanted).abs().sum() / num_boxes.", _loss_variant(l1_squared=True)),
     Mistake("weighed the no-object class like the others (weight 1, not eos_coef)",
             "Most queries are unmatched, so their 'no object' terms would swamp the rest. Pass "
             "weight = [1, ..., 1, eos_coef] to F.cross_entropy (a tensor of K + 1 class weights).",
@@ -296,6 +347,9 @@ LOSS_MISTAKES = [
     Mistake("divided the box losses by the number of queries instead of the number of target boxes",
             "Normalise L1 and GIoU by the number of target boxes in the batch (at least 1), not by B * Q.",
             _loss_variant(per_query=True)),
+    Mistake("gave eos_coef to class 0 instead of the no-object class (the last one)",
+            "The down-weighted class is 'no object', index K (the last of the K + 1 columns): weight[-1] = eos_coef.",
+            _loss_variant(eos_on_first=True)),
     Mistake("put the no-object class first (index 0) instead of last",
             "DETR's no-object class is the last one, index K: logits have K + 1 columns and unmatched queries "
             "aim at class K.", _loss_variant(no_object_first=True)),

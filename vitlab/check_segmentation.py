@@ -272,6 +272,8 @@ def _dice_variant(mistake: str):
             probs = logits.sigmoid()
         elif mistake == "argmax":
             probs = F.one_hot(logits.argmax(1), k).movedim(-1, 1).to(logits.dtype)
+        elif mistake == "softmax_last_axis":
+            probs = logits.softmax(-1)
         else:
             probs = logits.softmax(1)
         onehot = F.one_hot(target, k).movedim(-1, 1).to(probs.dtype)
@@ -293,6 +295,8 @@ def _dice_variant(mistake: str):
 
 
 DICE_MISTAKES = [
+    Mistake("took the softmax over the last axis (the image width) instead of the classes",
+            "logits are (B, K, H, W): the classes are dim=1, so softmax(dim=1).", _dice_variant("softmax_last_axis")),
     Mistake("returned the Dice coefficient, not the loss", "The loss is 1 - (mean Dice): it is 0 for a perfect "
             "prediction.", _dice_variant("dice_not_loss")),
     Mistake("used the raw logits as probabilities", "Turn the logits into probabilities with a softmax over the "

@@ -531,6 +531,8 @@ def _tp_variant(mistake: str):
         act = {"no_gelu": lambda h: h, "tanh": lambda h: F.gelu(h, approximate="tanh")}.get(mistake, F.gelu)
         partials = torch.stack([act(F.linear(x, a, b)) @ c.T + (b2 if mistake == "bias_each" else 0)
                                 for a, b, c in pieces])
+        if mistake == "bias_times_parts":
+            return partials.sum(0) + parts * b2, partials
         return partials.sum(0) + (0 if mistake == "bias_each" else b2), partials
     return wrong
 
@@ -538,6 +540,8 @@ def _tp_variant(mistake: str):
 TP_MISTAKES = [
     Mistake("added fc2's bias on every device", "Each device holds a partial sum of fc2's output; b2 is added once, "
             "after the partials are summed (the all-reduce), or it counts `parts` times.", _tp_variant("bias_each")),
+    Mistake("added fc2's bias `parts` times to the sum", "b2 is added once, after the partials are summed: "
+            "partials.sum(0) + b2.", _tp_variant("bias_times_parts")),
     Mistake("left out the GELU", "Each device applies GELU to its own hidden units before its slice of fc2: "
             "GELU acts on each unit alone, which is why the column split needs no communication.",
             _tp_variant("no_gelu")),
