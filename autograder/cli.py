@@ -280,7 +280,12 @@ def grade(submissions: Path | None, wanted: list[str], out: Path | None, options
         record = read_record(course, sub.student, sub.chapter)
         if not options.force and record.get("fingerprint") == digest and record.get("graded"):
             continue  # graded by an earlier run and not resubmitted since
-        flags, first, what = stage(course, sub)
+        try:
+            flags, first, what = stage(course, sub)
+        except Exception as exc:  # noqa: BLE001 - one notebook's problem is its student's, not the whole run's
+            problems.append(f"student {sub.student}: {sub.notebook.name} could not be staged ({type(exc).__name__})")
+            print(f"error: {problems[-1]}", file=sys.stderr)
+            continue
         flags_of[sub.student, sub.chapter] = flags
         tampers[sub.student, sub.chapter] = (first, what)
         write_record(course, sub, {"fingerprint": digest, "graded": False, "flags": flags})

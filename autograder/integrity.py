@@ -72,6 +72,8 @@ def restore(submitted: dict, release: nbformat.NotebookNode) -> tuple[nbformat.N
             flags.append(f"deleted:{grade_id}")
         elif grade_id and meta(cell).get("solution"):
             cell.source = source_of(mine)
+            if cell.cell_type == "markdown" and mine.get("attachments"):
+                cell.attachments = copy.deepcopy(mine["attachments"])
         elif grade_id and source_of(mine).strip() != cell.source.strip():
             flags.append(f"edited:{grade_id}")
         out.cells.append(cell)
@@ -83,7 +85,10 @@ def own_cell(cell: dict) -> nbformat.NotebookNode:
     """A cell the learner added, as a clean code or markdown cell (outputs are dropped: they are re-made)."""
     if cell.get("cell_type") == "code":
         return nbformat.v4.new_code_cell(source_of(cell))
-    return nbformat.v4.new_markdown_cell(source_of(cell))
+    own = nbformat.v4.new_markdown_cell(source_of(cell))
+    if cell.get("attachments"):  # a pasted picture
+        own.attachments = copy.deepcopy(cell["attachments"])
+    return own
 
 
 def source_of(cell: dict) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import stat
 import time
 import zipfile
@@ -96,6 +97,17 @@ def test_intake_reports_each_bad_input_on_one_line(tmp_path, notebooks, chapters
         info.external_attr = (stat.S_IFLNK | 0o777) << 16
         zf.writestr(info, "/etc/passwd")
     (subs / "broken.zip").write_bytes(b"PK not really")
+    # cells the grader could not use, and files that are not regular files
+    listed = json.loads(nbformat.writes(release))
+    listed["cells"][0]["metadata"] = []
+    write(subs / "listmeta" / "01_attention.ipynb", json.dumps(listed))
+    write(subs / "surrogate" / "01_attention.ipynb", nbformat.writes(release).replace('"cells": [', '"cells": [{"cell_type": "markdown", "metadata": {}, "source": "\\ud800"}, ', 1))
+    write(subs / "deep" / "01_attention.ipynb", '{"cells": [' + "[" * 5000 + "]" * 5000 + "]}")
+    write(subs / "badgrade" / "01_attention.ipynb", nbformat.writes(release).replace('"grade_id": "setup"', '"grade_id": 7', 1))
+    (subs / "linked").mkdir()
+    (subs / "linked" / "01_attention.ipynb").symlink_to(write(tmp_path / "elsewhere.ipynb", release))
+    (subs / "fifo").mkdir()
+    os.mkfifo(subs / "fifo" / "01_attention.ipynb")
     monkeypatch.setattr(intake, "MAX_NOTEBOOK_BYTES", len(nbformat.writes(release)) + 1000)
     found, problems = intake.intake(subs, tmp_path / "staging", chapters, [CHAPTER])
     assert found == []
@@ -107,6 +119,9 @@ def test_intake_reports_each_bad_input_on_one_line(tmp_path, notebooks, chapters
         "huge": "MB (at most", "nothing": "no notebook", "'bad id!'": "not usable as a student id",
         "mallory": "mallory.zip has a path outside its folder (../../evil.ipynb): refused",
         "linker": "linker.zip holds a link", "broken": "broken.zip is not a readable zip",
+        "listmeta": "cell 1 has metadata that is not an object", "surrogate": "not valid Unicode",
+        "deep": "nested too deeply", "badgrade": "grade_id that is not text",
+        "linked": "01_attention.ipynb is a link", "fifo": "01_attention.ipynb is not a regular file",
     }
     assert len(problems) == len(expected), "\n".join(problems)
     for student, message in expected.items():
