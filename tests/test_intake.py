@@ -169,9 +169,9 @@ def test_restore_flags_moved_cells_and_leaves_a_clean_submission_alone(notebooks
     ("import torch\ntorch.allclose = lambda *a, **k: True", ["torch.allclose"]),
     ("import torch as T\nT.Tensor.softmax = None", ["T.Tensor.softmax"]),
     ("import builtins\nbuiltins.print = len", ["builtins.print"]),
-    ("__builtins__.isinstance = lambda *a: True", ["__builtins__.isinstance"]),
+    ("__builtins__.isinstance = lambda *a: True", ["__builtins__.isinstance", "__builtins__"]),
     ("import sys\nsys.modules['vitlab.check'] = None", ["sys.modules['vitlab.check']"]),
-    ("import sys\nsys.setprofile(None)", ["sys.setprofile()"]),
+    ("import sys\nsys.setprofile(None)", ["sys.setprofile()", "setprofile"]),
     ("import torch\nsetattr(torch, 'equal', lambda *a: True)", ["setattr(torch)"]),
     ("%time x = 1\nimport math\nmath.sqrt = abs", ["math.sqrt"]),
     ("import torch\nx = torch.ones(3)\nx[0] = 2\nmodel.weight = None", []),
@@ -181,6 +181,36 @@ def test_restore_flags_moved_cells_and_leaves_a_clean_submission_alone(notebooks
 ])
 def test_tampering_is_read_from_the_code(code, found):
     assert integrity.tampering_in(code, {}) == found
+
+
+@pytest.mark.parametrize("code, found", [
+    ("get_ipython().input_transformers_cleanup.append(f)", ["get_ipython", "input_transformers_cleanup"]),
+    ("ip.events.register('pre_run_cell', echo)", ["ip.events.register"]),
+    ("getattr(ip, 'ast_transformers').append(t)", ["ast_transformers"]),
+    ("class T(torch.Tensor):\n    @classmethod\n    def __torch_function__(cls, f, t, a=(), k=None):\n        return True",
+     ["__torch_function__"]),
+    ("from torch.overrides import TorchFunctionMode\nTorchFunctionMode().__enter__()",
+     ["torch.overrides", "TorchFunctionMode"]),
+    ("import vitlab.check as c\nvars(c)['_difference'] = lambda *a: None", ["vars(c)['_difference']"]),
+    ("check_attention.sdpa.__code__ = (lambda *a, **k: None).__code__", ["check_attention.sdpa.__code__", "__code__"]),
+    ("out = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v)", ["torch.ops"]),
+    ("f = torch.jit.script(g)", ["torch.jit"]),
+    ("from vitlab import attention\nout = attention._fused_attention(q, k, v, None, False, 0.0)",
+     ["attention._fused_attention (a private helper)"]),
+    ("from vitlab.attention import _masked_softmax", ["vitlab.attention._masked_softmax (a private helper)"]),
+    ("import threading\nthreading.Thread(target=f).start()", ["threading"]),
+    ("exec(bytes.fromhex('...').decode())", ["exec()"]),
+    ("model.eval()\nscores = q @ k.transpose(-2, -1)", []),  # an honest method called eval is fine
+])
+def test_attack_surfaces_are_read_from_the_code(code, found):
+    modules = {"torch": "torch", "check_attention": "vitlab.check_attention"}
+    assert sorted(integrity.tampering_in(code, modules)) == sorted(found)
+
+
+def test_no_solution_of_any_chapter_touches_an_attack_surface(repo):
+    for path in sorted(repo.glob("solutions/*/*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        assert integrity.tampering(nb) == (None, []), path.name
 
 
 def test_tampering_counts_only_learner_cells_and_knows_earlier_imports(notebooks):
