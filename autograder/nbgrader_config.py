@@ -64,6 +64,7 @@ c.GenerateFeedback.preprocessors = [
     ClearHiddenTests,
 ]
 # The learner's markdown and HTML outputs are sanitised (no script, style or event handler) in the feedback
-# and the formgrader, with a tag list that keeps ordinary markdown (nbconvert's own drops headings and paragraphs).
+# and the formgrader's HTML, with a tag list that keeps ordinary markdown (nbconvert's own escapes headings).
 c.HTMLExporter.sanitize_html = True
 c.HTMLExporter.filters = {"clean_html": "autograder.report.clean_html"}
+c.GenerateFeedback.exporter_class = "autograder.report.FeedbackExporter"

@@ -9,6 +9,9 @@ import json
 import re
 from pathlib import Path
 
+import jinja2
+from nbconvert import HTMLExporter
+
 from autograder import integrity
 
 SAFE_TAGS = {"a", "abbr", "b", "blockquote", "br", "code", "dd", "del", "details", "div", "dl", "dt", "em", "h1", "h2",
@@ -27,6 +30,15 @@ def clean_html(element) -> str:
     text = re.sub(r"<(script|style)\b.*?</\1\s*>", "", text, flags=re.S | re.I)
     return bleach.clean(text, tags=SAFE_TAGS, attributes=SAFE_ATTRIBUTES, protocols={"http", "https", "mailto", "data"},
                         strip=True)
+
+
+class FeedbackExporter(HTMLExporter):
+    """The feedback page's exporter, with the learner's markdown cleaned (`clean_html`): nbgrader's feedback
+    template renders markdown without nbconvert's `sanitize_html`, which cleans only the outputs."""
+
+    @jinja2.pass_context
+    def markdown2html(self, context, source: str) -> str:
+        return clean_html(super().markdown2html(context, source))
 
 
 BANNER_STYLE = ("border:2px solid #c0392b;background:#fdecea;padding:0.6em 1em;margin:1em 0;"

@@ -109,7 +109,7 @@ def bwrap_argv(scratch: Path, sockets: Path, runtime: Path, limits: Limits, uid:
     env = dict(ENV, PATH=f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin", **({"VITLAB_DATA": data} if data else {}))
     argv = ["prlimit", f"--as={limits.memory_bytes}", f"--fsize={limits.file_bytes}",
             f"--nproc={limits.processes}", "--",
-            "bwrap", *root.argv, "--dev", "/dev", "--proc", "/proc",
+            "bwrap", *root.argv, "--dev", "/dev", "--proc", "/proc", "--remount-ro", "/",  # the tmpfs root too
             "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-pid", "--die-with-parent", "--new-session",
             "--clearenv", *[a for k, v in env.items() for a in ("--setenv", k, v)],
             "--chdir", str(scratch)]

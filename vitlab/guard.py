@@ -11,7 +11,7 @@ evaluates without its input or AST transformers, so a transformer the learner in
 - `verify()` after each hidden-test cell: what differs from the snapshot (a module attribute swapped,
   through `vars(module)` too; a `functools.partial` or wrapper in place of a function; a swapped `__code__`).
 
-`aten_watch` and `private_calls` widen the reference guard of `vitlab.check.forbid` to paths that
+`torch_watch` and `private_calls` widen the reference guard of `vitlab.check.forbid` to paths that
 `sys.setprofile` does not see. Everything here runs in the learner's own process, so it is one layer of
 three: the grader also reads the learner's code for these attack surfaces (`autograder.integrity`) and
 checks the execute replies itself.
@@ -33,12 +33,13 @@ from typing import Any, Iterator, Mapping
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.overrides import TorchFunctionMode
 
 PACKAGE = Path(__file__).resolve().parent
 HIDDEN = "BEGIN HIDDEN TESTS"
 _WATCHED = (builtins, math, torch, torch.Tensor, torch._C.TensorBase, F, torch.testing, nn.Module, nn.modules.module,
             torch.linalg, torch.autograd, json)
+KERNEL_BUILTINS = {"exit", "quit", "input", "get_ipython", "display"}  # IPython swaps these while a cell runs
 _SNAPSHOT: dict[str, Any] = {}
 _SHELL_HOOKS = ("input_transformers_post", "ast_transformers")
 _MANAGER_HOOKS = ("cleanup_transforms", "line_transforms", "token_transformers")
@@ -74,7 +75,7 @@ def _namespace(owner: Any, everything: bool) -> dict[str, tuple[Any, tuple | Non
     `everything`); for a vitlab module, also the methods of the classes it defines, as "Class.method"."""
     found = {}
     for attr, value in list(vars(owner).items()):
-        if isinstance(value, types.ModuleType):
+        if isinstance(value, types.ModuleType) or (owner is builtins and attr in KERNEL_BUILTINS):
             continue
         if callable(value) or isinstance(value, (classmethod, staticmethod)) or (everything and attr.isupper() and not attr.startswith("_")):
             found[attr] = (value, _parts(value))
@@ -228,43 +229,41 @@ def verify() -> str:
 
 # ----------------------------------------------------------------------------------- the reference guard
 
-# torch built-ins a check forbids, by name, and the aten operators they run whatever Python path reached them
-# (torch.ops.aten, functools.partial, map, torch.jit.script)
-ATEN = {
-    "scaled_dot_product_attention": ("scaled_dot_product", "_scaled_dot_product", "_fused_sdp"),
-    "multi_head_attention_forward": ("_native_multi_head_attention",),
-    "MultiheadAttention": ("_native_multi_head_attention",),
-    "unfold": ("im2col",),
-    "Unfold": ("im2col",),
-    "conv3d": ("conv3d", "slow_conv3d"),
-    "Conv3d": ("conv3d", "slow_conv3d"),
-}
+# torch's modules that a check forbids, by the functional they run; the aten operators behind a functional
+FUNCTIONAL = {"MultiheadAttention": "multi_head_attention_forward", "Conv3d": "conv3d", "Unfold": "unfold"}
+ATEN = {"scaled_dot_product_attention": ("_scaled_dot_product", "_fused_sdp"), "unfold": ("im2col",),
+        "multi_head_attention_forward": ("_native_multi_head_attention",), "conv3d": ("slow_conv3d",)}
 
 
-class _AtenWatch(TorchDispatchMode):
-    def __init__(self, prefixes: Mapping[str, str], seen: list[str]) -> None:
+class _TorchWatch(TorchFunctionMode):
+    def __init__(self, functions: Mapping[Any, str], seen: list[str]) -> None:
         super().__init__()
-        self.prefixes, self.seen = prefixes, seen
+        self.functions, self.seen = functions, seen
+        self.ops = {name: label for fn, label in functions.items() for name in (fn.__name__, *ATEN.get(fn.__name__, ()))}
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = func._schema.name.split("::")[-1]
-        if name == "convolution" and args and getattr(args[0], "dim", lambda: 0)() == 5:
-            name = "conv3d"  # Conv3d reaches aten as the generic convolution of 5-D inputs
-        for prefix, label in self.prefixes.items():
-            if name.startswith(prefix) and label not in self.seen:
-                self.seen.append(label)
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        label = self.functions.get(func)
+        if label is None and isinstance(func, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)):
+            name = func.__name__.split(".")[0]  # torch.ops.aten.x.default is named x.default
+            label = next((label for prefix, label in self.ops.items() if name.startswith(prefix)), None)
+        if label is not None and label not in self.seen:
+            self.seen.append(label)
         return func(*args, **(kwargs or {}))
 
 
 @contextmanager
-def aten_watch(forbidden: Mapping[Any, str], seen: list[str]) -> Iterator[None]:
-    """Record in `seen` the label of a forbidden torch built-in whose aten operator runs inside the block."""
-    prefixes = {p: label for target, label in forbidden.items()
-                for p in ATEN.get(getattr(target, "__name__", ""), ())}
-    if not prefixes:
+def torch_watch(forbidden: Mapping[Any, str], seen: list[str]) -> Iterator[None]:
+    """Record in `seen` the label of a forbidden torch built-in called inside the block, however Python reached
+    it (`torch.ops.aten`, `functools.partial`, `map`): torch itself hands every call to the mode."""
+    functions = {}
+    for target, label in forbidden.items():
+        name = getattr(target, "__name__", "")
+        if str(getattr(target, "__module__", "")).startswith("torch"):
+            functions[getattr(F, FUNCTIONAL[name]) if name in FUNCTIONAL else target] = label
+    if not functions:
         yield
         return
-    with _AtenWatch(prefixes, seen):
+    with _TorchWatch(functions, seen):
         yield
 
 
