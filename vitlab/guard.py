@@ -36,6 +36,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 PACKAGE = Path(__file__).resolve().parent
+TORCH = Path(torch.__file__).resolve().parent
 HIDDEN = "BEGIN HIDDEN TESTS"
 _WATCHED = (builtins, math, torch, torch.Tensor, torch._C.TensorBase, F, torch.testing, nn.Module, nn.modules.module,
             torch.linalg, torch.autograd, json)
@@ -195,10 +196,16 @@ def _changed(name: str, saved: Mapping[str, tuple[Any, tuple | None]], owner: An
             if parts is not None and _parts(now) != parts:
                 problems.append(f"{name}.{attr} (its code or contents)")
             continue
-        if getattr(now, "__wrapped__", None) is value and _trusted(now):
-            continue  # wrapped by torch itself (torch._dynamo wraps torch.manual_seed when first imported)
+        if not name.startswith("vitlab") and _by_torch(now):
+            continue  # replaced by torch itself (torch._dynamo wraps torch.manual_seed and Module.__init__)
         problems.append(f"{name}.{attr}")
     return problems
+
+
+def _by_torch(value: Any) -> bool:
+    """Whether `value` is a plain function written in torch's own package."""
+    func = getattr(value, "__func__", value)
+    return isinstance(func, types.FunctionType) and Path(func.__code__.co_filename).is_relative_to(TORCH)
 
 
 def verify() -> str:
