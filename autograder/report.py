@@ -11,6 +11,7 @@ from pathlib import Path
 
 import jinja2
 from nbconvert import HTMLExporter
+from nbconvert.filters.markdown_mistune import InvalidNotebook
 
 from autograder import integrity
 
@@ -34,11 +35,16 @@ def clean_html(element) -> str:
 
 class FeedbackExporter(HTMLExporter):
     """The feedback page's exporter, with the learner's markdown cleaned (`clean_html`): nbgrader's feedback
-    template renders markdown without nbconvert's `sanitize_html`, which cleans only the outputs."""
+    template renders markdown without nbconvert's `sanitize_html`, which cleans only the outputs. A picture
+    whose attachment is missing becomes a note instead of costing the learner the whole page."""
 
     @jinja2.pass_context
     def markdown2html(self, context, source: str) -> str:
-        return clean_html(super().markdown2html(context, source))
+        try:
+            return clean_html(super().markdown2html(context, source))
+        except InvalidNotebook:  # a picture whose attachment is missing (a cell copied without it)
+            source = re.sub(r"!\[([^\]]*)\]\(attachment:[^)]*\)", r"[missing picture: \1]", source)
+            return clean_html(super().markdown2html(context, source))
 
 
 BANNER_STYLE = ("border:2px solid #c0392b;background:#fdecea;padding:0.6em 1em;margin:1em 0;"

@@ -125,6 +125,7 @@ HISTORY = 'print("HISTORY", In, _ih)\nimport sys\nprint("MODULES", [m for m in s
 # an honest learner's pasted picture, and markdown that tries to script or restyle the feedback page
 PICTURE = nbformat.v4.new_markdown_cell("My sketch: ![sketch](attachment:sketch.png)\n\n<script>document.title='PWNED'</script>"
                                         "<style>#vitlab-flags{display:none}</style>", id="pasted01")
+PICTURE.source += "\n\nCopied from elsewhere: ![lost](attachment:lost.png)"
 PICTURE.attachments = {"sketch.png": {"image/png": "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="}}
 
 
@@ -348,7 +349,7 @@ def test_learner_html_is_sanitised_and_a_pasted_picture_kept(batch):
     _, out, _, _, _ = batch
     page = (out / "feedback" / "pasted" / CHAPTER / f"{CHAPTER}.html").read_text(encoding="utf-8")
     assert "PWNED" not in page and "#vitlab-flags{display:none}" not in page
-    assert 'src="data:image/png;base64,iVBORw0KGgo' in page
+    assert 'src="data:image/png;base64,iVBORw0KGgo' in page and "[missing picture: lost]" in page
 
 
 def test_the_scratch_folder_is_bounded_and_nothing_in_it_reaches_the_host(batch):
