@@ -262,3 +262,15 @@ def test_the_notebook_budget_stops_the_remaining_cells():
     assert time.monotonic() - start < 40
     assert "CellTimeoutError" in errors(nb.cells[0])
     assert errors(nb.cells[1]) == ["NotebookTimeout"] and "never" not in text(nb.cells[1])
+
+
+def test_replays_after_a_dead_kernel_count_against_the_notebook_budget(tmp_path):
+    """Cells that sleep only when replayed (after the kernel died) cannot stretch the notebook's time: each
+    replay gets what is left of the budget, not the time left when the crash happened."""
+    sleepers = [f"import os, time\nif os.path.exists({str(tmp_path / str(i))!r}):\n    time.sleep(60)\n"
+                f"open({str(tmp_path / str(i))!r}, 'w')" for i in range(3)]
+    start = time.monotonic()
+    nb = run_guarded([*sleepers, "import os\nos._exit(1)", "print('after')"], timeout=60, notebook_timeout=12)
+    assert time.monotonic() - start < 30  # each of the three replays took the 12 s again before
+    assert "KernelDied" in errors(nb.cells[3])
+    assert errors(nb.cells[4]) == ["NotebookTimeout"]
