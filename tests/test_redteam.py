@@ -218,11 +218,10 @@ def cases(repo: Path, port: int) -> dict:
         "cheat": ([CALLS_BUILTIN], None, FULL - 3, ["calls-reference:sdpa-graded"]),
         "crasher": ([], lambda nb: after(nb, graded("sdpa-graded"), "import os\nos._exit(3)"), FULL,
                     ["kernel-died:"]),
-        # nothing implemented (the release as it is), full marks forged: at most zero, and flagged twice
-        "transformer": (None, lambda nb: after(nb, setup_cell, TRANSFORMER), 0, ["patches:", "tampering:sdpa-graded"]),
-        "mode": (None, lambda nb: after(nb, setup_cell, MODE), 0, ["patches:", "tampering:sdpa-graded"]),
-        "swapper": ([NO_SCALE], lambda nb: after(nb, setup_cell, SWAP), 0, ["patches:", "tampering:sdpa-graded"]),
-        "echo": ([], lambda nb: after(nb, setup_cell, ECHO), 0, ["patches:", "tampering:sdpa-graded"]),
+        # nothing implemented (the release as it is), full marks forged four ways at once: zero, flagged by the
+        # reading of the code and by the kernel's guard (test_the_guard_names_every_forgery)
+        "forger": (None, lambda nb: after(nb, setup_cell, "\n".join([TRANSFORMER, MODE, SWAP, ECHO])), 0,
+                   ["patches:", "tampering:sdpa-graded"]),
         # the built-in through functools.partial: the reference guard sees it at torch's level
         "partial": ([PARTIAL], None, FULL - 3, ["calls-reference:sdpa-graded"]),
         # an honest learner who prints the kernel's history, pastes a picture and writes HTML in markdown
@@ -340,7 +339,7 @@ def test_hidden_tests_reach_no_feedback_however_the_kernel_saw_them(batch, repo)
     _, solution = chapter_notebooks(repo, CHAPTER)
     assert "HISTORY" in outputs_of(out, "historian")  # the learner's own print ran
     assert_no_hidden_code(out, CHAPTER, solution, len(cases(Path("."), 0)))
-    for student in ("historian", "echo"):
+    for student in ("historian", "forger"):
         text = html_text(out / "feedback" / student / CHAPTER / f"{CHAPTER}.html")
         assert "graded=True" not in text and "verify_integrity" not in text, student
 
@@ -367,3 +366,15 @@ def test_the_scratch_folder_is_bounded_and_nothing_in_it_reaches_the_host(batch)
     for folder in (out / "autograded" / "linker", out / "feedback" / "linker"):
         assert not [p for p in folder.rglob("*") if p.is_symlink() or not (p.is_file() or p.is_dir())], folder
     assert not (out / "feedback" / "linker" / CHAPTER / "bashrc").exists()
+
+
+def test_the_guard_names_every_forgery(batch):
+    _, out, _, _, _ = batch
+    nb = executed(out, "forger", CHAPTER)
+    cell = nb.cells[graded("sdpa-graded")(nb)]
+    message = " ".join(o.evalue for o in cell.outputs if o.output_type == "error" and o.ename == "IntegrityError")
+    for undone in ("cleanup_transforms", "a TorchFunctionMode", "events.pre_run_cell", "vitlab.check._difference",
+                   "vitlab.check.check_function (its code or contents)"):
+        assert undone in message, (undone, message)
+    hidden = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade")]
+    assert not [c for c in hidden for o in c.outputs if "SEEN" in o.get("text", "")]  # the echo hook was gone
