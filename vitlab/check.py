@@ -30,8 +30,6 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-from vitlab import guard
-
 PASS = "\u2714"  # check mark
 FAIL = "\u2718"  # cross
 
@@ -127,6 +125,8 @@ def forbid(forbidden: Mapping[Any, str]) -> Iterator[list[str]]:
             methods[target.__name__] = (target.__objclass__, label)
         else:
             builtins[id(target)] = label
+    from vitlab import guard  # here, not at the top: vitlab.guard is the grader's, imported when a check runs
+
     seen: list[str] = []
     private = guard.private_calls(forbidden)  # the reference modules' helpers, when the learner's code calls them
 
@@ -200,10 +200,12 @@ def verify_integrity() -> None:
     The autograder ends every hidden test with this call, so a notebook that patches the checks to make
     them pass scores zero (and is flagged).
     """
+    from vitlab.guard import KERNEL_BUILTINS
+
     owners = {getattr(o, "__name__", str(o)): o for o in _WATCHED}
     problems = []
     for (owner, attr), original in _ORIGINALS.items():
-        if owner == "builtins" and attr in guard.KERNEL_BUILTINS:
+        if owner == "builtins" and attr in KERNEL_BUILTINS:
             continue
         current = getattr(owners[owner], attr, None)
         if current is original or current == original:  # a classmethod binds anew on each access
