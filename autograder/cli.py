@@ -293,7 +293,12 @@ def grade(submissions: Path | None, wanted: list[str], out: Path | None, options
         record = read_record(course, sub.student, sub.chapter)
         if not options.force and record.get("fingerprint") == digest and record.get("graded"):
             continue  # graded by an earlier run and not resubmitted since
-        flags, first, what = stage(course, sub)
+        try:
+            flags, first, what = stage(course, sub)
+        except Exception as exc:  # noqa: BLE001 - one notebook's problem is its student's, not the whole run's
+            problems.append(f"student {sub.student}: {sub.notebook.name} could not be staged ({type(exc).__name__})")
+            print(f"error: {problems[-1]}", file=sys.stderr)
+            continue
         flags_of[sub.student, sub.chapter] = flags
         tampers[sub.student, sub.chapter] = (first, what)
         write_record(course, sub, {"fingerprint": digest, "graded": False, "flags": flags})
@@ -320,8 +325,15 @@ def grade(submissions: Path | None, wanted: list[str], out: Path | None, options
     graded_chapters = sorted({s.chapter for s in found})
     for chapter in graded_chapters:
         if not nbgrader_logged(course, "generate_feedback", chapter, "--force"):
-            problems.append(f"nbgrader generate_feedback {chapter} failed (see {course / 'nbgrader.log'})")
-            print(f"error: {problems[-1]}", file=sys.stderr)
+            # nbgrader goes on past a notebook it cannot render: name the students left without a page
+            missing = [s.student for s in found if s.chapter == chapter and
+                       (course / "autograded" / s.student / chapter / f"{chapter}.ipynb").exists() and
+                       not (course / "feedback" / s.student / chapter / f"{chapter}.html").exists()]
+            problems += [f"student {student}: no feedback page for {chapter} (see {course / 'nbgrader.log'})"
+                         for student in missing] or [f"nbgrader generate_feedback {chapter} failed "
+                                                     f"(see {course / 'nbgrader.log'})"]
+            for line in problems[-max(1, len(missing)):]:
+                print(f"error: {line}", file=sys.stderr)
         report.flag_feedback(course, chapter, {s.student: read_record(course, s.student, chapter).get("flags", [])
                                                 for s in found if s.chapter == chapter})
     header, rows = export(course, graded_chapters, course / "grades.csv")
