@@ -198,9 +198,10 @@ def stage(course: Path, sub: intake.Submission) -> tuple[list[str], int | None, 
 
 def kernel_threads(workers: int) -> dict[str, str]:
     """The kernel's OMP_NUM_THREADS: this machine's cores shared among the notebooks graded at once (torch's
-    default, a thread per core in every kernel, oversubscribes the cores), unless the environment sets it."""
+    default, a thread per core in every kernel, oversubscribes the cores), unless the environment sets it. Given
+    to the sandboxed kernel explicitly: its environment is a fixed set."""
     if "OMP_NUM_THREADS" in os.environ:
-        return {}
+        return {"OMP_NUM_THREADS": os.environ["OMP_NUM_THREADS"]}
     return {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // workers))}
 
 
@@ -213,7 +214,7 @@ def autograde_one(course: Path, sub: intake.Submission, options: Options) -> tup
     env = kernel_threads(options.workers)
     if options.sandboxed:
         with sandbox.kernel_uid() as uid:
-            settings = sandbox.prepare(course, sub.student, sub.chapter, uid, options.limits)
+            settings = sandbox.prepare(course, sub.student, sub.chapter, uid, options.limits, kernel_env=env)
             args += [f"{k}={v}" for k, v in settings.items() if k.startswith("--")]
             env.update({k: v for k, v in settings.items() if not k.startswith("--")})
             done = nbgrader(course, *args, env=env)

@@ -83,7 +83,8 @@ class _Root:
             self.readonly.append(path)
 
 
-def bwrap_argv(scratch: Path, sockets: Path, runtime: Path, limits: Limits, uid: int | None) -> list[str]:
+def bwrap_argv(scratch: Path, sockets: Path, runtime: Path, limits: Limits, uid: int | None,
+               kernel_env: dict[str, str] | None = None) -> list[str]:
     """The kernel command line: prlimit, then bwrap, then (as root) a drop to `uid`, then ipykernel."""
     root = _Root()
     for name in SYSTEM:
@@ -106,7 +107,8 @@ def bwrap_argv(scratch: Path, sockets: Path, runtime: Path, limits: Limits, uid:
     root.mount("--perms", "1777", "--size", str(limits.scratch_bytes), "--tmpfs", path=scratch)
     root.mount("--bind", path=sockets)
     root.mount("--ro-bind", path=runtime)  # the connection file
-    env = dict(ENV, PATH=f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin", **({"VITLAB_DATA": data} if data else {}))
+    env = dict(ENV, PATH=f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin", **({"VITLAB_DATA": data} if data else {}),
+               **(kernel_env or {}))
     argv = ["prlimit", f"--as={limits.memory_bytes}", f"--fsize={limits.file_bytes}",
             f"--nproc={limits.processes}", "--",
             "bwrap", *root.argv, "--dev", "/dev", "--proc", "/proc", "--remount-ro", "/",  # the tmpfs root too
@@ -145,11 +147,12 @@ def kernel_uid() -> Iterator[int | None]:
     raise RuntimeError(f"all {UID_COUNT} sandbox uids from {UID_BASE} are in use")
 
 
-def prepare(course: Path, student: str, chapter: str, uid: int | None, limits: Limits) -> dict[str, str]:
+def prepare(course: Path, student: str, chapter: str, uid: int | None, limits: Limits,
+            kernel_env: dict[str, str] | None = None) -> dict[str, str]:
     """Write the sandbox kernelspec for one submission; returns the environment and nbgrader options to use.
 
     The scratch folder is nbgrader's autograded/STUDENT/CHAPTER (where the kernel starts); `uid` is the
-    kernel's (from `kernel_uid`).
+    kernel's (from `kernel_uid`); `kernel_env` is added to the kernel's fixed environment (its thread count).
     """
     base = course / ".sandbox" / f"{student}-{chapter}"
     scratch = course / "autograded" / student / chapter
@@ -159,7 +162,7 @@ def prepare(course: Path, student: str, chapter: str, uid: int | None, limits: L
     for path in (runtime, spec):
         path.mkdir(parents=True, exist_ok=True)
     os.chmod(sockets, 0o777)
-    argv = bwrap_argv(scratch, sockets, runtime, limits, uid)
+    argv = bwrap_argv(scratch, sockets, runtime, limits, uid, kernel_env)
     # interrupts as a message: a signal would reach bwrap, not the kernel inside it
     (spec / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": "vitlab sandbox", "language": "python",
                                                   "interrupt_mode": "message"}, indent=1), encoding="utf-8")
