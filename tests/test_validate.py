@@ -1,8 +1,9 @@
 """nbgrader's Validate tells the truth: every graded cell of a released chapter runs its exercise's visible check
 before the hidden tests, so Validate fails on an unfinished, wrong or shortcut answer and passes on a solved copy.
 
-The browser test presses the Validate button on the untouched learner copy of 01; here the command line covers a
-shortcut answer and a solved copy, and every graded chapter is read for the check call in its graded cells.
+The browser test presses the Validate button on the untouched learner copy of 01; here the command line covers the
+untouched learner copy of every other graded chapter, a shortcut answer and a solved copy, and every graded chapter
+is read for the check call in its graded cells.
 """
 from __future__ import annotations
 
@@ -45,9 +46,9 @@ def test_every_graded_cell_runs_the_visible_check(chapter):
         assert "graded=True" not in graded.source and "HIDDEN" not in graded.source
 
 
-def validate(nb, tmp_path: Path) -> str:
-    """`nbgrader validate` on `nb` saved in tmp_path: its output."""
-    path = tmp_path / "01_attention.ipynb"
+def validate(nb, tmp_path: Path, name: str = "01_attention") -> str:
+    """`nbgrader validate` on `nb` saved in tmp_path as NAME.ipynb: its output."""
+    path = tmp_path / f"{name}.ipynb"
     nbformat.write(nb, path)
     bin_dir = str(Path(sys.executable).parent)
     env = dict(os.environ, PATH=bin_dir + os.pathsep + os.environ.get("PATH", ""))
@@ -83,3 +84,15 @@ def test_validate_passes_a_solved_copy_and_fails_a_shortcut(tmp_path):
     assert "VALIDATION FAILED ON 1 CELL(S)!" in shortcut, shortcut[-2000:]
     assert "check_attention.sdpa(scaled_dot_product_attention)" in shortcut
     assert "your code calls" in shortcut, shortcut[-2000:]
+
+
+@pytest.mark.parametrize("chapter", [p for p in CHAPTERS if p.parent.name[:2] not in ("00", "01")],
+                         ids=[p.parent.name for p in CHAPTERS if p.parent.name[:2] not in ("00", "01")])
+def test_validate_fails_the_untouched_learner_copy_naming_every_exercise(chapter, tmp_path):
+    nb = nbformat.read(chapter, as_version=4)
+    out = validate(nb, tmp_path, chapter.stem)
+    graded = [cell for _, cell in graded_cells(nb)]
+    assert f"VALIDATION FAILED ON {len(graded)} CELL(S)!" in out, out[-2000:]
+    for cell in graded:
+        call = next(line for line in cell.source.splitlines() if line.strip() and not line.startswith("#"))
+        assert call in out, f"{meta(cell)['grade_id']}: {call} not named in\n{out[-2000:]}"
