@@ -220,6 +220,7 @@ def browser_fetch_and_submit(hub: Hub, name: str, password: str, answer, token: 
             page.wait_for_url(re.compile(rf".*/user/{name}/lab.*"), timeout=180_000)
             page.click(".lm-MenuBar-itemLabel:text-is('Nbgrader')", timeout=120_000)
             items = page.locator(".lm-Menu-content .lm-Menu-itemLabel").all_inner_texts()
+            print(f"{name}'s Nbgrader menu: {items}")
             assert "Assignment List" in items and not any("Formgrader" in i for i in items), items
             page.click(".lm-Menu-content .lm-Menu-itemLabel:text-is('Assignment List')")
             released = page.locator(f"#released_assignments_list .list_item:has-text('{CHAPTER}')")
@@ -295,7 +296,13 @@ def a_cohort_on_the_hub(people, password, tmp_path):
         groups = {name: hub.api("GET", f"hub/api/users/{name}").json()["groups"] for name in (teacher, bob)}
         assert groups == {teacher: ["formgrade-vitlab"], bob: ["nbgrader-vitlab"]}
 
-        # The formgrader answers in the instructor's server only.
+        # The formgrader answers in the instructor's server only, and only the instructor's JupyterLab loads
+        # nbgrader's instructor extensions.
+        for name, disabled in ((teacher, False), (bob, True)):
+            page = hub.api("GET", f"user/{name}/lab", token=tokens[name]).text
+            lab = json.loads(re.search(r'id="jupyter-config-data"[^>]*>(.*?)</script>', page, re.S).group(1))
+            for plugin in ("formgrader", "course-list", "create-assignment"):
+                assert (f"@jupyter/nbgrader:{plugin}" in lab["disabledExtensions"]) is disabled, (name, plugin)
         assert hub.api("GET", f"user/{teacher}/formgrader", token=tokens[teacher]).status_code == 200
         assert hub.api("GET", f"user/{bob}/formgrader", token=tokens[bob]).status_code == 404
 
@@ -344,6 +351,7 @@ def a_cohort_on_the_hub(people, password, tmp_path):
             assert float(score.group(1)) == float(rows[name]["total"]), (name, score.group(0), rows[name])
             assert "HIDDEN TESTS" not in text and not [line for line in hidden if line in text]
             assert (name == bob) == ("forgot the 1/sqrt(d_k) scale" in text)
+            print(f"{name}: grades.csv {rows[name]['total']}/{rows[name]['max']}, fetched feedback '{score.group(0)}'")
     finally:
         if hub is not None:
             hub.stop()
