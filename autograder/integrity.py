@@ -193,6 +193,7 @@ FLAG_LINES = {
     "calls-reference": "the answer calls the reference or the built-in it should replace: zero for {}",
     "tampering": "the notebook changes the checking code: zero for {}",
     "patches": "the notebook's code changes vitlab, torch or builtins ({}): zero from that cell on",
+    "late": "handed in {} after the due date",
 }
 
 

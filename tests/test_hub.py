@@ -5,7 +5,7 @@ loopback from a world-readable copy of the course (as an admin would install it 
 exchange in a shared folder. The instructor releases 01_attention from a terminal in their JupyterLab; one learner
 logs in with a real browser and fetches and submits in the Assignments tab, the other uses nbgrader's commands in
 a terminal of their own server; the instructor grades with `python -m autograder grade --exchange` and releases
-the feedback; each learner fetches theirs. Needs root (it creates users), and `bash setup.sh --hub` (or --test).
+the feedback, bob's marked late; each learner fetches theirs. Needs root (it creates users), and `bash setup.sh --hub` (or --test).
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime, timezone
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -313,6 +314,7 @@ def a_cohort_on_the_hub(people, password, tmp_path):
         assert hub.api("POST", f"hub/api/users/{ada}").status_code == 201  # to have a token before the browser logs in
         tokens[ada] = hub.user_token(ada)
         browser_fetch_and_submit(hub, ada, password, learner_submission(release, solution, []), tokens[ada], tmp_path)
+        due = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f UTC")  # ada was on time, bob will be late
 
         terminal(hub, bob, tokens[bob], f"nbgrader fetch_assignment {CHAPTER} --course=vitlab")
         answer = learner_submission(release, solution, [NO_SCALE])
@@ -333,13 +335,14 @@ def a_cohort_on_the_hub(people, password, tmp_path):
         assert readable_by(teacher, course / "solutions" / CHAPTER / f"{CHAPTER}.ipynb")
 
         terminal(hub, teacher, tokens[teacher],
-                 f"cd {course} && python -m autograder grade --exchange --chapter {CHAPTER} --out ~/grading "
+                 f"cd {course} && python -m autograder grade --exchange --chapter {CHAPTER} --out ~/grading --due '{due}' "
                  f"&& bash deploy/jupyterhub/release-feedback.sh {CHAPTER} ~/grading")
         grading = Path(pwd.getpwnam(teacher).pw_dir) / "grading"
         with (grading / "grades.csv").open(encoding="utf-8") as f:
             rows = {r["student"]: r for r in csv.DictReader(f)}
         assert set(rows) == {ada, bob}
         assert rows[ada]["total"] == rows[ada]["max"] and float(rows[bob]["total"]) < float(rows[bob]["max"])
+        assert rows[ada]["flags"] == "" and re.fullmatch(r"late:\d+h\d\dm\d\ds", rows[bob]["flags"]), rows
 
         hidden = {line.strip() for cell in solution.cells for block in HIDDEN.findall(cell.source)
                   for line in block.splitlines() if line.strip()}
@@ -350,8 +353,9 @@ def a_cohort_on_the_hub(people, password, tmp_path):
             assert score, text[:2000]
             assert float(score.group(1)) == float(rows[name]["total"]), (name, score.group(0), rows[name])
             assert "HIDDEN TESTS" not in text and not [line for line in hidden if line in text]
-            assert (name == bob) == ("forgot the 1/sqrt(d_k) scale" in text)
-            print(f"{name}: grades.csv {rows[name]['total']}/{rows[name]['max']}, fetched feedback '{score.group(0)}'")
+            assert (name == bob) == ("forgot the 1/sqrt(d_k) scale" in text) == ("after the due date" in text)
+            print(f"{name}: grades.csv {rows[name]['total']}/{rows[name]['max']} flags {rows[name]['flags']!r}, "
+                  f"fetched feedback '{score.group(0)}'")
     finally:
         if hub is not None:
             hub.stop()
