@@ -2,10 +2,11 @@
 
 An instructor and two learners are created as Unix users with deploy/jupyterhub/add-user.sh, and the hub runs on
 loopback from a world-readable copy of the course (as an admin would install it in /srv/vitlab), with the
-exchange in a shared folder. The instructor releases 01_attention from a terminal in their JupyterLab; one learner
-logs in with a real browser and fetches and submits in the Assignments tab, the other uses nbgrader's commands in
-a terminal of their own server; the instructor grades with `python -m autograder grade --exchange` and releases
-the feedback, bob's marked late; each learner fetches theirs. Needs root (it creates users), and `bash setup.sh --hub` (or --test).
+exchange in a shared folder. The instructor releases 01_attention from a terminal in their JupyterLab. Ada logs
+in with a real browser and fetches, submits and later fetches her feedback in the Assignments tab; Bob uses
+nbgrader's commands in a terminal of his own server and hands in after the due date. The instructor grades with
+`python -m autograder grade --exchange --due ...` and releases the feedback; each learner fetches theirs.
+Needs root (it creates users) and `bash setup.sh --hub` (or --test); skips otherwise.
 """
 from __future__ import annotations
 
@@ -206,9 +207,10 @@ def readable_by(name: str, path: Path) -> bool:
     return subprocess.run(["runuser", "-u", name, "--", *test]).returncode == 0
 
 
-def browser_fetch_and_submit(hub: Hub, name: str, password: str, answer, token: str, shots: Path) -> None:
-    """Log in with a browser, fetch the chapter in the Assignments tab, answer it (saved through the learner's
-    server), submit it there; the learner's Nbgrader menu has no formgrader."""
+@contextlib.contextmanager
+def assignment_list(hub: Hub, name: str, password: str, shots: Path):
+    """A browser logged in to the hub as `name`, with the Assignments tab open in their JupyterLab; its page.
+    The learner's Nbgrader menu has no formgrader. A screenshot is saved if the block fails."""
     from playwright.sync_api import sync_playwright
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
@@ -221,25 +223,43 @@ def browser_fetch_and_submit(hub: Hub, name: str, password: str, answer, token: 
             page.wait_for_url(re.compile(rf".*/user/{name}/lab.*"), timeout=180_000)
             page.click(".lm-MenuBar-itemLabel:text-is('Nbgrader')", timeout=120_000)
             items = page.locator(".lm-Menu-content .lm-Menu-itemLabel").all_inner_texts()
-            print(f"{name}'s Nbgrader menu: {items}")
             assert "Assignment List" in items and not any("Formgrader" in i for i in items), items
             page.click(".lm-Menu-content .lm-Menu-itemLabel:text-is('Assignment List')")
-            released = page.locator(f"#released_assignments_list .list_item:has-text('{CHAPTER}')")
-            released.locator("button:has-text('Fetch')").click(timeout=60_000)
-            fetched = page.locator(f"#fetched_assignments_list .list_item:has-text('{CHAPTER}')").first
-            fetched.wait_for(timeout=60_000)
-            page.screenshot(path=str(shots / "hub-learner-fetched.png"))
-            saved = hub.api("PUT", f"user/{name}/api/contents/{CHAPTER}/{CHAPTER}.ipynb", token=token,
-                            json={"type": "notebook", "format": "json", "content": answer})
-            assert saved.ok, saved.text
-            fetched.locator("button:has-text('Submit')").click()
-            page.locator(f"#submitted_assignments_list .list_item:has-text('{CHAPTER}')").first.wait_for(timeout=60_000)
-            page.screenshot(path=str(shots / "hub-learner-submitted.png"))
+            yield page
         except Exception:
             page.screenshot(path=str(shots / "hub-learner-failed.png"))
             raise
         finally:
             browser.close()
+
+
+def browser_fetch_and_submit(hub: Hub, name: str, password: str, answer, token: str, shots: Path) -> None:
+    """In the Assignments tab: fetch the chapter, answer it (saved through the learner's server), submit it."""
+    with assignment_list(hub, name, password, shots) as page:
+        released = page.locator(f"#released_assignments_list .list_item:has-text('{CHAPTER}')")
+        released.locator("button:has-text('Fetch')").click(timeout=60_000)
+        fetched = page.locator(f"#fetched_assignments_list .list_item:has-text('{CHAPTER}')").first
+        fetched.wait_for(timeout=60_000)
+        page.screenshot(path=str(shots / "hub-learner-fetched.png"))
+        saved = hub.api("PUT", f"user/{name}/api/contents/{CHAPTER}/{CHAPTER}.ipynb", token=token,
+                        json={"type": "notebook", "format": "json", "content": answer})
+        assert saved.ok, saved.text
+        fetched.locator("button:has-text('Submit')").click()
+        page.locator(f"#submitted_assignments_list .list_item:has-text('{CHAPTER}')").first.wait_for(timeout=60_000)
+        page.screenshot(path=str(shots / "hub-learner-submitted.png"))
+
+
+def browser_fetch_feedback(hub: Hub, name: str, password: str, shots: Path) -> None:
+    """In the Assignments tab: Fetch Feedback on the submitted chapter, until its feedback is in the learner's home."""
+    with assignment_list(hub, name, password, shots) as page:
+        submitted = page.locator(f"#submitted_assignments_list .list_item:has-text('{CHAPTER}')").first
+        submitted.locator("button:has-text('Fetch Feedback')").click(timeout=60_000)
+        home = Path(pwd.getpwnam(name).pw_dir)
+        deadline = time.monotonic() + 60
+        while not list((home / CHAPTER / "feedback").glob(f"*/{CHAPTER}.html")):
+            assert time.monotonic() < deadline, f"{name}: Fetch Feedback brought no feedback in 60 s"
+            page.wait_for_timeout(500)
+        page.screenshot(path=str(shots / "hub-learner-feedback.png"))
 
 
 def feedback_page(home: Path) -> str:
@@ -347,7 +367,10 @@ def a_cohort_on_the_hub(people, password, tmp_path):
         hidden = {line.strip() for cell in solution.cells for block in HIDDEN.findall(cell.source)
                   for line in block.splitlines() if line.strip()}
         for name in (ada, bob):
-            terminal(hub, name, tokens[name], f"nbgrader fetch_feedback {CHAPTER} --course=vitlab")
+            if name == ada:
+                browser_fetch_feedback(hub, name, password, tmp_path)
+            else:
+                terminal(hub, name, tokens[name], f"nbgrader fetch_feedback {CHAPTER} --course=vitlab")
             text = feedback_page(Path(pwd.getpwnam(name).pw_dir))
             score = re.search(r"Score:\s*([\d.]+)\s*/\s*([\d.]+)", text)
             assert score, text[:2000]
