@@ -363,6 +363,11 @@ def a_cohort_on_the_hub(people, password, tmp_path):
         assert set(rows) == {ada, bob}
         assert rows[ada]["total"] == rows[ada]["max"] and float(rows[bob]["total"]) < float(rows[bob]["max"])
         assert rows[ada]["flags"] == "" and re.fullmatch(r"late:\d+h\d\dm\d\ds", rows[bob]["flags"]), rows
+        # The instructor's formgrader reads that grading folder: ~/grading's gradebook, both learners graded.
+        listed = hub.api("GET", f"user/{teacher}/formgrader/api/assignments", token=tokens[teacher])
+        assert listed.ok, listed.text
+        assert [(a["name"], a["average_score"] * 2) for a in listed.json()] == [
+            (CHAPTER, float(rows[ada]["total"]) + float(rows[bob]["total"]))]
 
         hidden = {line.strip() for cell in solution.cells for block in HIDDEN.findall(cell.source)
                   for line in block.splitlines() if line.strip()}
