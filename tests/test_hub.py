@@ -336,6 +336,14 @@ def a_cohort_on_the_hub(people, password, tmp_path):
         browser_fetch_and_submit(hub, ada, password, learner_submission(release, solution, []), tokens[ada], tmp_path)
         due = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f UTC")  # ada was on time, bob will be late
 
+        # Learners' kernels and terminals run the course's environment: its Python, vitlab from the course.
+        kernel = hub.api("POST", f"user/{bob}/api/kernels", token=tokens[bob], json={"name": "python3"}).json()["id"]
+        hub.wait(lambda: "ipykernel_launcher" in sh("ps", "-u", bob, "-o", "args="), 60, "no kernel process")
+        launched = [line for line in sh("ps", "-u", bob, "-o", "args=").splitlines() if "ipykernel_launcher" in line]
+        assert re.match(rf"{re.escape(str(course / '.venv' / 'bin'))}/python3? ", launched[0]), launched
+        hub.api("DELETE", f"user/{bob}/api/kernels/{kernel}", token=tokens[bob])
+        out = terminal(hub, bob, tokens[bob], "python -c 'import vitlab; print(\"vitlab at\", vitlab.__file__)'")
+        assert f"vitlab at {course / 'vitlab' / '__init__.py'}" in out, out[-2000:]
         terminal(hub, bob, tokens[bob], f"nbgrader fetch_assignment {CHAPTER} --course=vitlab")
         answer = learner_submission(release, solution, [NO_SCALE])
         saved = hub.api("PUT", f"user/{bob}/api/contents/{CHAPTER}/{CHAPTER}.ipynb", token=tokens[bob],
