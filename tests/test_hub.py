@@ -19,8 +19,8 @@ import os
 import pwd
 import re
 import secrets
-import stat
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -29,7 +29,6 @@ from datetime import datetime, timezone
 from importlib.util import find_spec
 from pathlib import Path
 
-import nbformat
 import pytest
 from grading import HIDDEN, chapter_notebooks, learner_submission
 from lab_browser import CHROMIUM_ARGS, chromium_path, free_port
@@ -269,7 +268,7 @@ def feedback_page(home: Path) -> str:
 
 
 @pytest.fixture
-def cohort(tmp_path_factory):
+def cohort():
     """An instructor and two learners as Unix users (removed afterwards), named so as not to clash."""
     tag = secrets.token_hex(2)
     people = {"instructor": f"vt{tag}-teach", "ada": f"vt{tag}-ada", "bob": f"vt{tag}-bob"}
