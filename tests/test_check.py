@@ -37,7 +37,7 @@ def test_known_mistake_is_named():
 
 def test_unknown_mistake_reports_the_error_and_the_case():
     with pytest.raises(CheckFailed, match=r"largest error .*\n\s+on case 1: x=float32\(3, 5\)"):
-        check_function(lambda x, dim=-1: my_softmax(x) * 1.01, reference_softmax, cases(), name="softmax",
+        check_function(lambda x, dim=-1: my_softmax(x + x.cos()), reference_softmax, cases(), name="softmax",
                        mistakes=[WRONG_AXIS])
 
 
@@ -212,3 +212,12 @@ def test_verify_integrity_accepts_torchs_own_wrappers():
     importlib.import_module("torch._dynamo")
 
     check.verify_integrity()
+
+
+def test_mistake_in_one_item_of_a_tuple_is_named():
+    both = Mistake("normalised over the wrong axis", "use dim=-1",
+                   lambda x, dim=-1: (torch.softmax(x, dim=0), torch.softmax(2 * x, dim=0)))
+    with pytest.raises(CheckFailed, match="looks like you normalised over the wrong axis"):
+        check_function(lambda x, dim=-1: (my_softmax(x, dim=0), my_softmax(2 * x)),
+                       lambda x, dim=-1: (torch.softmax(x, dim=-1), torch.softmax(2 * x, dim=-1)),
+                       cases(), name="pair", mistakes=[both])

@@ -19,9 +19,15 @@ def test_readme_starts_with_exactly_two_commands():
     assert "pytest" in run_tests
 
 
+def test_readme_reopens_the_course_without_setting_up_again():
+    blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    reopen = blocks[2].strip()
+    assert readme_commands()[0] == f"bash setup.sh && {reopen}"
+
+
 def test_setup_installs_the_requirements_and_the_test_extras():
     setup = (ROOT / "setup.sh").read_text()
-    assert "python3 -m venv .venv" in setup and ".venv/bin/pip install -q -r requirements.txt" in setup
+    assert "python3 -m venv .venv" in setup and ".venv/bin/pip install --progress-bar off -r requirements.txt" in setup
     assert "requirements-test.txt" in setup and "--no-deps timm==" in setup and "apt-get install" in setup
 
 

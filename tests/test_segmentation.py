@@ -145,6 +145,23 @@ def test_segmenter_pads_upsamples_and_crops(decoder):
         model(torch.zeros(1, 3, 24, 24))
 
 
+def test_pixel_refiner_adds_a_local_correction_to_the_upsampled_scores():
+    torch.manual_seed(3)
+    backbone = vit.VisionTransformer(img_size=16, patch_size=4, num_classes=0, embed_dim=16, depth=1, num_heads=2)
+    head, refiner = segmentation.LinearDecoder(16, 3), segmentation.PixelRefiner(3, width=4)
+    plain, refined = segmentation.Segmenter(backbone, head).eval(), segmentation.Segmenter(backbone, head, refiner).eval()
+    images = torch.randn(2, 3, 16, 16, generator=gen(11))
+    with torch.no_grad():
+        scores = plain(images)
+        h = F.relu(F.conv2d(torch.cat([scores, images], 1), refiner.conv1.weight, refiner.conv1.bias, padding=1))
+        h = F.relu(F.conv2d(h, refiner.conv2.weight, refiner.conv2.bias, padding=1))
+        expected = scores + F.conv2d(h, refiner.out.weight, refiner.out.bias)
+        assert torch.allclose(refined(images), expected, atol=1e-6)
+        refiner.out.weight.zero_()
+        refiner.out.bias.zero_()
+        assert torch.equal(refined(images), scores)
+
+
 # ---------------------------------------------------------------------------------------------- losses
 
 

@@ -355,3 +355,14 @@ def test_fit_with_mixup_ema_clipping_and_a_loss_of_its_own():
     T.fit(nn.Linear(10, 2), train, None, epochs=1, lr=0.05, batch_size=64, device="cpu", plot=False, progress=False,
           loss_fn=loss_fn)
     assert seen == [((64, 2), (64, 10), (64,))] * 4
+
+
+
+def test_fit_with_mixup_leaves_out_the_odd_image_of_a_last_batch():
+    from vitlab.augment import Mixup
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    data = (torch.randn(7, 1, 2, 2), torch.randint(0, 3, (7,)))  # batches of 4 and 3: the 3 cannot pair up
+    history = T.fit(model, data, None, epochs=1, lr=1e-2, batch_size=4, plot=False, progress=False,
+                    mix=Mixup(3, mixup_alpha=0.2, cutmix_alpha=0.0, prob=1.0, seed=0))
+    assert history["steps"] == 2 and all(math.isfinite(v) for v in history["train_loss"])

@@ -215,3 +215,10 @@ def local_attention(q: Tensor, k: Tensor, v: Tensor, window: int) -> Tensor:
 def attention_memory_bytes(n_tokens: int, num_heads: int = 1, batch: int = 1, bytes_per_value: int = 4) -> int:
     """Bytes of the (batch, num_heads, n_tokens, n_tokens) score matrix."""
     return batch * num_heads * n_tokens * n_tokens * bytes_per_value
+
+
+def score_variance(d_k: int, n_samples: int = 20000, scaled: bool = False, seed: int = 0) -> float:
+    """Monte Carlo estimate of Var(q . k) (or of Var(q . k / sqrt(d_k)) when `scaled`), q, k ~ N(0, I_{d_k})."""
+    gen = torch.Generator().manual_seed(seed)
+    scores = (torch.randn(n_samples, d_k, generator=gen) * torch.randn(n_samples, d_k, generator=gen)).sum(-1)
+    return (scores / math.sqrt(d_k) if scaled else scores).var().item()

@@ -30,6 +30,8 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
+from vitlab import diagnose
+
 PASS = "\u2714"  # check mark
 FAIL = "\u2718"  # cross
 
@@ -60,9 +62,15 @@ def grading() -> bool:
     return bool(os.environ.get("NBGRADER_EXECUTION"))
 
 
+def _learner_run() -> bool:
+    """Whether a learner runs the check in their own notebook kernel (IPython, not nbgrader)."""
+    return bool(getattr(builtins, "__IPYTHON__", False)) and not grading()
+
+
 def exercise_check(check: Callable) -> Callable:
-    """Make a chapter's check learner-friendly: in a learner's own run a failure prints one line and Run All
-    goes on; under nbgrader (Validate, autograde) or with `graded=True` it raises CheckFailed as before.
+    """Make a chapter's check learner-friendly: in a learner's own notebook a failure prints its message and
+    Run All goes on; under nbgrader (Validate, autograde), with `graded=True`, or outside IPython (a script,
+    the tests) it raises CheckFailed.
 
     The verdict is remembered for the learner's objects (the positional arguments), so that `use` can pick
     the learner's code for an experiment once its check has passed.
@@ -74,7 +82,7 @@ def exercise_check(check: Callable) -> Callable:
         except CheckFailed as failure:
             for obj in learner:
                 _VERDICTS[id(obj)] = False
-            if graded or grading():
+            if graded or not _learner_run():
                 raise
             print("".join(line + "\n" for line in failure._render_traceback_()), end="", file=sys.stderr)
             return
@@ -265,8 +273,10 @@ def call_learner(name: str, fn: Callable, args: Mapping[str, Any], where: str) -
     except CheckFailed:
         raise
     except Exception as exc:  # noqa: BLE001 - any learner error becomes a readable failure
+        hint = diagnose.error_hint(exc)
         raise CheckFailed(
             f"{name} raised {type(exc).__name__}: {exc}\n  on {where}\n{_learner_frames(exc)}".rstrip()
+            + (f"\n  {hint}" if hint else "")
         ) from None
 
 
@@ -330,27 +340,47 @@ def _difference(got: Any, expected: Any, atol: float, rtol: float, what: str) ->
             return f"{what} differs from the reference: largest error {err.max().item():.3g} (tolerance {atol:g})"
         return None
     if isinstance(expected, float):
-        if not isinstance(got, (int, float)) or abs(got - expected) > atol + rtol * abs(expected):
+        if not isinstance(got, (int, float)) or not abs(got - expected) <= atol + rtol * abs(expected):  # NaN too
             return f"{what} is {got!r}, expected about {expected:.6g}"
         return None
     return None if got == expected else f"{what} is {got!r}, expected {expected!r}"
 
 
-def _matches(got: Any, other: Any, atol: float, rtol: float) -> bool:
+def _matches(got: Any, other: Any, atol: float, rtol: float, expected: Any = None) -> bool:
+    """Whether `got` equals `other`; for a tuple, whether the items of `got` that differ from `expected` equal
+    `other`'s (a mistake made in one item only, one tower of two, say)."""
+    if isinstance(got, (tuple, list)) and isinstance(other, (tuple, list)) and isinstance(expected, (tuple, list)) \
+            and len(got) == len(other) == len(expected):
+        wrong = [i for i in range(len(got)) if _difference(got[i], expected[i], atol, rtol, "output") is not None]
+        return bool(wrong) and all(_difference(got[i], other[i], atol, rtol, "output") is None for i in wrong)
     return _difference(got, other, atol, rtol, "output") is None
 
 
 def _diagnose(name: str, got: Any, mistakes: Sequence[Mistake], run_mistake: Callable[[Mistake], Any],
-              atol: float, rtol: float) -> str | None:
-    """The message of the first known mistake whose output equals the learner's."""
+              atol: float, rtol: float, expected: Any = None) -> str | None:
+    """The message of the first known mistake whose output equals the learner's (see _matches)."""
     for mistake in mistakes:
         try:
             wrong = run_mistake(mistake)
         except Exception:  # noqa: BLE001 - a mistake that cannot run on this case just does not match
             continue
-        if _matches(got, wrong, atol, rtol):
+        if _matches(got, wrong, atol, rtol, expected):
             return f"{name}: looks like you {mistake.label}.\n  {mistake.hint}"
     return None
+
+
+def _outcomes(fn: Callable, reference: Callable, cases: Sequence[Mapping[str, Any]], atol: float, rtol: float,
+              ) -> tuple[Sequence[Mapping[str, Any]], list[bool]]:
+    """The cases and whether the learner's output fails each (an error counts as failing), for a diagnosis."""
+    failed = []
+    for case in cases:
+        try:
+            got = fn(**_clone_case(case, False))
+        except Exception:  # noqa: BLE001 - a case that raises fails
+            failed.append(True)
+            continue
+        failed.append(_difference(got, reference(**_clone_case(case, False)), atol, rtol, "output") is not None)
+    return cases, failed
 
 
 def _passed(name: str, cases: int, what: str) -> None:
@@ -376,11 +406,13 @@ def _compare_gradients(name: str, keys: Sequence[str], got: Sequence[torch.Tenso
 
 def check_function(fn: Callable, reference: Callable, cases: Sequence[Mapping[str, Any]], *, name: str,
                    mistakes: Sequence[Mistake] = (), forbidden: Mapping[Any, str] | None = None,
-                   atol: float = 1e-5, rtol: float = 1e-4, grad: bool = True) -> None:
+                   atol: float = 1e-5, rtol: float = 1e-4, grad: bool = True,
+                   explain: Callable[[Any, dict[str, Any]], str | None] | None = None) -> None:
     """Compare `fn` with `reference` on every case (keyword arguments), values and input gradients.
 
-    Prints one pass line, or raises CheckFailed naming the first matching `Mistake`, else saying where the
-    outputs differ. Calls of anything in `forbidden` inside `fn` fail the check.
+    Prints one pass line, or raises CheckFailed naming the first matching `Mistake`, else what `explain(output,
+    learner's arguments)` says about the wrong output (a mistake named by its effect), else how the output
+    relates to the reference's (vitlab.diagnose). Calls of anything in `forbidden` inside `fn` fail the check.
     """
     for i, case in enumerate(cases):
         where = f"case {i + 1}: {describe_case(case)}"
@@ -391,8 +423,14 @@ def check_function(fn: Callable, reference: Callable, cases: Sequence[Mapping[st
         _refuse(name, called)
         problem = _difference(got, expected, atol, rtol, "your output")
         if problem:
-            message = _diagnose(name, got, mistakes, lambda m: m.impl(**_clone_case(case, False)), atol, rtol)
-            raise CheckFailed(message or f"{name}: {problem}\n  on {where}")
+            message = _diagnose(name, got, mistakes, lambda m: m.impl(**_clone_case(case, False)), atol, rtol,
+                                expected)
+            effect = explain(got, args) if explain is not None and message is None else None
+            if effect:
+                message = f"{name}: {effect}\n  on {where}"
+            raise CheckFailed(message or diagnose.explain(
+                name, problem, where, got, expected, case, atol=atol, rtol=rtol, reference=reference,
+                outcomes=lambda: _outcomes(fn, reference, cases, atol, rtol)))
         if not grad:
             continue
         keys = [k for k, v in args.items() if isinstance(v, torch.Tensor) and v.requires_grad]
@@ -456,8 +494,11 @@ def check_module(make_module: Callable[[], nn.Module], reference: nn.Module,
         problem = _difference(got, expected, atol, rtol, "your output")
         if problem:
             with torch.no_grad():
-                message = _diagnose(name, got, mistakes, lambda m: m.impl(**_clone_case(case, False)), atol, rtol)
-            raise CheckFailed(message or f"{name}: {problem}\n  on {where}")
+                message = _diagnose(name, got, mistakes, lambda m: m.impl(**_clone_case(case, False)), atol, rtol,
+                                    expected)
+                raise CheckFailed(message or diagnose.explain(
+                    name, problem, where, got, expected, case, atol=atol, rtol=rtol,
+                    outcomes=lambda: _outcomes(module, reference, inputs, atol, rtol)))
         if not grad:
             continue
         names = [k for k, p in reference.named_parameters() if p.requires_grad]

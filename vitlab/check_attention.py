@@ -14,6 +14,7 @@ from torch import nn
 from vitlab import attention
 from vitlab.check import CheckFailed, Mistake, call_learner, check_function, check_module, randn, tolerance
 
+from vitlab.check import exercise_check
 SDPA_BUILTINS = {
     F.scaled_dot_product_attention: "torch's F.scaled_dot_product_attention",
     attention.scaled_dot_product_attention: "vitlab.attention.scaled_dot_product_attention",
@@ -127,6 +128,7 @@ def _sdpa_cases(seed: int, graded: bool) -> list[dict]:
     return cases
 
 
+@exercise_check
 def sdpa(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `scaled_dot_product_attention(q, k, v, mask=None, causal=False)` against the reference."""
     dt = torch.float64 if graded else torch.float32
@@ -138,6 +140,7 @@ def sdpa(fn, *, seed: int = 0, graded: bool = False) -> None:
 # ------------------------------------------------------------------------------ score variance
 
 
+@exercise_check
 def score_variance(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `score_variance(d_k, n_samples, scaled, seed)`: a Monte Carlo estimate of Var(q.k) = d_k.
 
@@ -239,6 +242,7 @@ def _mha_inputs(seed: int, dim: int, graded: bool) -> list[dict]:
     return inputs
 
 
+@exercise_check
 def multi_head(cls, *, seed: int = 0, graded: bool = False) -> None:
     """Check a learner's `MultiHeadAttention(dim, num_heads, qkv_bias=True)` with the reference's weights."""
     dims = [(24, 3), (32, 8)] if graded else [(16, 4)]
@@ -262,7 +266,9 @@ class _WrongAdditive(attention.AdditiveAttention):
 
     def forward(self, q, k, v, mask=None):
         features = self.w_q(q).unsqueeze(-2) + self.w_k(k).unsqueeze(-3)
-        if self.mistake != "no_tanh":
+        if self.mistake in ("relu", "sigmoid"):
+            features = getattr(torch, self.mistake)(features)
+        elif self.mistake != "no_tanh":
             features = torch.tanh(features)
         scores = self.v(features).squeeze(-1)
         if mask is not None:
@@ -276,9 +282,12 @@ ADDITIVE_MISTAKES = [
      "scores has shape (..., Lq, Lk): each query's weights sum to 1 over the keys, softmax(dim=-1)."),
     ("left out the tanh", "no_tanh",
      "The score is v^T tanh(W_q q + W_k k): without the tanh it collapses to a sum of two linear terms."),
+    ("used ReLU instead of tanh", "relu", "Bahdanau's score is v^T tanh(W_q q + W_k k): torch.tanh."),
+    ("used a sigmoid instead of tanh", "sigmoid", "Bahdanau's score is v^T tanh(W_q q + W_k k): torch.tanh."),
 ]
 
 
+@exercise_check
 def additive(cls, *, seed: int = 0, graded: bool = False) -> None:
     """Check a learner's `AdditiveAttention(query_dim, key_dim, hidden_dim)` with the reference's weights."""
     gen = torch.Generator().manual_seed(seed)
@@ -333,6 +342,7 @@ LINEAR_MISTAKES = [
 LINEAR_BUILTINS = {attention.linear_attention: "vitlab.attention.linear_attention"}
 
 
+@exercise_check
 def linear(fn, *, seed: int = 0, graded: bool = False, causal: bool = False) -> None:
     """Check `linear_attention(q, k, v, causal=False, eps=1e-6)` (phi = elu + 1, with its normaliser)."""
     gen = torch.Generator().manual_seed(seed)

@@ -15,6 +15,7 @@ from vitlab import beyond
 from vitlab.attention import MultiHeadAttention
 from vitlab.check import Mistake, check_function, check_module, randn, tolerance
 
+from vitlab.check import exercise_check
 CROSS_BUILTINS = {
     nn.MultiheadAttention: "nn.MultiheadAttention",
     F.multi_head_attention_forward: "torch's F.multi_head_attention_forward",
@@ -106,6 +107,7 @@ def _cross_inputs(seed: int, dim: int, context_dim: int, graded: bool, dtype: to
             for b, lq, lk in shapes]
 
 
+@exercise_check
 def cross_attention(cls, *, seed: int = 0, graded: bool = False) -> None:
     """Check a learner's `CrossAttention(dim, num_heads, context_dim=None)` with the reference's weights.
 
@@ -175,6 +177,7 @@ def _tubelet_cases(seed: int, graded: bool) -> list[dict]:
     return cases
 
 
+@exercise_check
 def tubelet_embed(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `tubelet_embed(video, weight, bias)`: Conv3d patch embedding with kernel = stride, as (B, N, D)."""
     dt = torch.float64 if graded else torch.float32
@@ -237,6 +240,7 @@ def _spectrogram_cases(seed: int, graded: bool) -> list[dict]:
     return cases
 
 
+@exercise_check
 def spectrogram_patches(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `spectrogram_patches(wave, n_fft, hop, patch)`: decibel power spectrogram cut into patches."""
     check_function(fn, beyond.spectrogram_patches, _spectrogram_cases(seed, graded), name="spectrogram_patches",
@@ -261,6 +265,8 @@ def _kmeans_variant(mistake: str):
             return labels, torch.where(counts > 0, means, torch.zeros_like(palette))
         if mistake == "no_update":
             return labels, palette
+        if mistake == "sums":
+            return labels, torch.where(counts > 0, onehot.T @ pixels, palette)
         return labels, torch.where(counts > 0, means, palette)
 
     return wrong
@@ -276,6 +282,9 @@ KMEANS_MISTAKES = [
             "(torch.where(counts > 0, means, palette)).", _kmeans_variant("nan_empty")),
     Mistake("set an empty cluster's colour to zero", "A colour no pixel chose keeps its old value.",
             _kmeans_variant("zero_empty")),
+    Mistake("summed the pixels of each cluster without dividing by their count",
+            "The new colour is the cluster's mean: onehot.T @ pixels / counts (counts clamped at 1 for empty ones).",
+            _kmeans_variant("sums")),
     Mistake("returned the old palette", "The new palette holds, for each colour, the mean of the pixels assigned "
             "to it.", _kmeans_variant("no_update")),
 ]
@@ -297,6 +306,7 @@ def _kmeans_cases(seed: int, graded: bool) -> list[dict]:
     return cases
 
 
+@exercise_check
 def kmeans_step(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `kmeans_step(pixels, palette)` -> (labels, new palette): one assignment and one update."""
     check_function(fn, beyond.kmeans_step, _kmeans_cases(seed, graded), name="kmeans_step",
@@ -314,6 +324,11 @@ def _pairs(frames: int, patches: int, kind: str) -> int:
 
 
 PAIRS_MISTAKES = [
+    Mistake("counted T^2 + N^2 pairs for divided attention (one query per frame and per place)",
+            "Every one of the T N tokens is a query in both attentions: T N tokens x T keys (time) plus "
+            "T N tokens x N keys (space) = T N (T + N).",
+            lambda frames, patches, kind: frames ** 2 + patches ** 2 if kind == "divided" else
+            _pairs(frames, patches, kind)),
     Mistake("cubed the token count for joint attention, as the book claims",
             "Joint attention scores every token against every token: (T N) queries times (T N) keys, (T N)^2.",
             lambda frames, patches, kind: (frames * patches) ** 3 if kind == "joint" else
@@ -334,6 +349,7 @@ PAIRS_MISTAKES = [
 ]
 
 
+@exercise_check
 def attention_pairs(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `attention_pairs(frames, patches, kind)` against the closed forms (ints)."""
     gen = torch.Generator().manual_seed(seed)

@@ -15,6 +15,7 @@ from torch import nn
 from vitlab import clip
 from vitlab.check import CheckFailed, Mistake, call_learner, check_function, check_module, describe, randn, tolerance
 
+from vitlab.check import exercise_check
 TEXT_BUILTINS = {
     clip.TextTransformer: "vitlab.clip.TextTransformer",
     clip._encode_text: "vitlab.clip's text forward",
@@ -111,6 +112,7 @@ def _text_configs(graded: bool) -> list[dict]:
     return [dict(context_length=8, vocab_size=20, width=32, heads=4, layers=2, output_dim=12)]
 
 
+@exercise_check
 def text_transformer(cls, *, seed: int = 0, graded: bool = False) -> None:
     """Check `TextTransformer(context_length, vocab_size, width, heads, layers, output_dim)` against the reference.
 
@@ -155,6 +157,8 @@ class _WrongHead(clip.ClipHead):
             e = f @ w
             if self.mistake == "no_normalise":
                 return e
+            if self.mistake == "batch_norm":
+                return e / e.norm()
             return e / e.norm(dim=0 if self.mistake == "wrong_dim" else -1, keepdim=True)
 
         scale = {"no_exp": self.logit_scale, "tau": (-self.logit_scale).exp(),
@@ -167,6 +171,8 @@ HEAD_MISTAKES = [
      "Project first, then normalise: I_e = l2_normalize(I_f @ W_i). A projection does not keep lengths."),
     ("forgot the L2 normalisation", "no_normalise",
      "Divide each embedding by its length, e / e.norm(dim=-1, keepdim=True): the logits are cosine similarities."),
+    ("divided by the norm of the whole batch (e.norm() without dim)", "batch_norm",
+     "Each row (one image or one text) gets unit length: e / e.norm(dim=-1, keepdim=True)."),
     ("normalised over the batch (dim=0) instead of each embedding", "wrong_dim",
      "Each row (one image or one text) gets unit length: norm over dim=-1, keepdim=True."),
     ("returned logit_scale itself instead of its exponential", "no_exp",
@@ -197,6 +203,7 @@ def _head_init(module: nn.Module, name: str) -> None:
                           f"{clip.LOGIT_SCALE_INIT:.4f}.")
 
 
+@exercise_check
 def clip_head(cls, *, seed: int = 0, graded: bool = False) -> None:
     """Check `ClipHead(image_dim, text_dim, embed_dim)`: projections, L2 normalisation, the learned scale and its clamp.
 
@@ -266,6 +273,7 @@ def _unit(gen: torch.Generator, *shape: int, dtype: torch.dtype) -> torch.Tensor
     return x / x.norm(dim=-1, keepdim=True)
 
 
+@exercise_check
 def clip_loss(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `clip_loss(image_features, text_features, logit_scale)`: symmetric cross-entropy, scalar."""
     gen = torch.Generator().manual_seed(seed)
@@ -306,6 +314,7 @@ ENSEMBLE_MISTAKES = [
 ]
 
 
+@exercise_check
 def class_embeddings(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `class_embeddings(text_features)`: (K, T, E) -> (K, E), normalise, average over templates, normalise."""
     gen = torch.Generator().manual_seed(seed)
@@ -345,6 +354,7 @@ RECALL_MISTAKES = [
 ]
 
 
+@exercise_check
 def recall_at_k(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `recall_at_k(similarity, k)` -> (image -> text, text -> image) as floats; pair i is (image i, text i)."""
     gen = torch.Generator().manual_seed(seed)

@@ -16,6 +16,7 @@ from torch import nn
 from vitlab import detection as det
 from vitlab.check import (CheckFailed, Mistake, PASS, _diagnose, _difference, _refuse, call_learner, check_function,
                           describe, forbid, load_reference_weights, tolerance)
+from vitlab.check import exercise_check
 
 BOX_BUILTINS = {det.box_cxcywh_to_xyxy: "vitlab.detection.box_cxcywh_to_xyxy",
                 det.box_xyxy_to_cxcywh: "vitlab.detection.box_xyxy_to_cxcywh"}
@@ -70,6 +71,7 @@ TO_CXCYWH_MISTAKES = [
 ]
 
 
+@exercise_check
 def box_formats(to_xyxy, to_cxcywh, *, seed: int = 0, graded: bool = False) -> None:
     """Check `box_cxcywh_to_xyxy(boxes)` and `box_xyxy_to_cxcywh(boxes)` on (..., 4) boxes, and their round trip."""
     gen = torch.Generator().manual_seed(seed)
@@ -90,10 +92,10 @@ def _iou_reference(a, b):
     return det.box_iou(a, b)[0]
 
 
-def _iou_variant(clamp=True, subtract=True):
+def _iou_variant(clamp=True, subtract=True, corners=(torch.maximum, torch.minimum)):
     def wrong(a, b):
-        top_left = torch.maximum(a[:, None, :2], b[None, :, :2])
-        bottom_right = torch.minimum(a[:, None, 2:], b[None, :, 2:])
+        top_left = corners[0](a[:, None, :2], b[None, :, :2])
+        bottom_right = corners[1](a[:, None, 2:], b[None, :, 2:])
         wh = bottom_right - top_left
         wh = wh.clamp(min=0) if clamp else wh
         inter = wh[..., 0] * wh[..., 1]
@@ -110,6 +112,16 @@ IOU_MISTAKES = [
     Mistake("forgot to subtract the intersection from the union",
             "area(A) + area(B) counts the overlap twice: union = area(A) + area(B) - intersection.",
             _iou_variant(subtract=False)),
+    Mistake("took the min of the top-left corners (or the max of the bottom-right ones) for the intersection",
+            "The intersection starts at the larger x0, y0 and ends at the smaller x1, y1: "
+            "torch.maximum of the top-left corners, torch.minimum of the bottom-right ones.",
+            _iou_variant(corners=(torch.minimum, torch.minimum))),
+    Mistake("took the max of the bottom-right corners for the intersection",
+            "The intersection ends at the smaller x1, y1: torch.minimum of the bottom-right corners.",
+            _iou_variant(corners=(torch.maximum, torch.maximum))),
+    Mistake("built the enclosing box (min of the top-left corners, max of the bottom-right) instead of the "
+            "intersection", "The intersection takes the max of the top-left corners and the min of the bottom-right "
+            "ones; the enclosing box is GIoU's, later.", _iou_variant(corners=(torch.minimum, torch.maximum))),
 ]
 
 
@@ -125,6 +137,7 @@ def _iou_cases(seed: int, graded: bool) -> list[dict]:
     return cases
 
 
+@exercise_check
 def box_iou(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `box_iou(a, b)`: pairwise IoU (N, M) of xyxy boxes a (N, 4), b (M, 4)."""
     dt = torch.float64 if graded else torch.float32
@@ -160,11 +173,40 @@ GIOU_MISTAKES = [
 ]
 
 
+def _enclosure_effect(got, args) -> str | None:
+    """Name the area C that a wrong GIoU used, whatever code built it: GIoU = IoU - (C - U) / C."""
+    if not isinstance(got, torch.Tensor) or got.dim() != 2:
+        return None
+    a, b = args["a"].detach().double(), args["b"].detach().double()
+    iou, union = det.box_iou(a, b)
+    inner = torch.minimum(a[:, None, 2:], b[None, :, 2:]) - torch.maximum(a[:, None, :2], b[None, :, :2])
+    area_a, area_b = det.box_area(a)[:, None], det.box_area(b)[None, :]
+    candidates = {
+        "the area of the intersection box (max of the top-left corners, min of the bottom-right ones)":
+            inner.clamp(min=0).prod(-1),
+        "the intersection box's width times height without the clamp at 0 (max of the top-left corners, min of "
+        "the bottom-right ones)": inner.prod(-1),
+        "the union": union,
+        "the sum of the two boxes' areas": area_a + area_b,
+        "the larger of the two boxes' areas": torch.maximum(area_a, area_b),
+    }
+    for what, area in candidates.items():
+        for over, denominator in (("C", area), ("the union", union)):
+            if torch.allclose(got.detach().double(), iou - (area - union) / denominator, atol=1e-4, rtol=1e-3):
+                if over == "the union" and what == "the union":
+                    continue
+                return (f"Your GIoU is IoU - (C - union) / {over} with C = {what}.\n  C is the area of the "
+                        "smallest box enclosing both: (max of the x1 - min of the x0) * (max of the y1 - min of the "
+                        "y0), and the empty part C - union is divided by C.")
+    return None
+
+
+@exercise_check
 def generalized_box_iou(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `generalized_box_iou(a, b)`: pairwise GIoU (N, M) of xyxy boxes."""
     dt = torch.float64 if graded else torch.float32
     check_function(fn, det.generalized_box_iou, _iou_cases(seed + 1, graded), name="generalized_box_iou",
-                   mistakes=GIOU_MISTAKES, forbidden=IOU_BUILTINS, **tolerance(dt))
+                   mistakes=GIOU_MISTAKES, forbidden=IOU_BUILTINS, explain=_enclosure_effect, **tolerance(dt))
 
 
 # --------------------------------------------------------------------------------------------- matching
@@ -237,6 +279,7 @@ def brute_force_match(logits, boxes, tgt_labels, tgt_boxes) -> tuple[torch.Tenso
     return torch.tensor(best), sum(cost[r, c].item() for c, r in enumerate(best))
 
 
+@exercise_check
 def hungarian_match(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `hungarian_match(logits, boxes, tgt_labels, tgt_boxes)` -> (prediction indices, target indices)."""
     check_function(_canonical(fn), _canonical(det.hungarian_match), _match_cases(seed, graded), name="hungarian_match",
@@ -257,8 +300,17 @@ def _loss_tuple(fn):
     return parts
 
 
-def _loss_variant(eos=None, l1_mean=False, plain_giou=False, per_query=False, no_object_first=False):
+def _loss_variant(eos=None, l1_mean=False, plain_giou=False, per_query=False, no_object_first=False,
+                  eos_on_first=False, l1_squared=False):
     def wrong(logits, boxes, targets, indices, eos_coef=det.EOS_COEF):
+        if eos_on_first:  # no-object is the last class, but eos_coef went to class 0
+            found = det.set_loss(logits, boxes, targets, indices, eos_coef)
+            classes = torch.full(logits.shape[:2], logits.shape[-1] - 1, dtype=torch.int64)
+            for i, (src, tgt) in enumerate(indices):
+                classes[i, src] = targets[i]["labels"][tgt]
+            weight = torch.ones(logits.shape[-1], dtype=logits.dtype)
+            weight[0] = eos_coef
+            return F.cross_entropy(logits.transpose(1, 2), classes, weight=weight), found["l1"], found["giou"]
         if no_object_first:
             classes = torch.zeros(logits.shape[:2], dtype=torch.int64)
             for i, (src, tgt) in enumerate(indices):
@@ -272,6 +324,8 @@ def _loss_variant(eos=None, l1_mean=False, plain_giou=False, per_query=False, no
         wanted = torch.cat([targets[i]["boxes"][tgt] for i, (_, tgt) in enumerate(indices)]).to(boxes)
         giou = torch.diag(det.generalized_box_iou(det.box_cxcywh_to_xyxy(matched), det.box_cxcywh_to_xyxy(wanted)))
         l1, g = found["l1"], found["giou"]
+        if l1_squared:
+            l1 = ((matched - wanted) ** 2).sum() / max(len(wanted), 1)
         if l1_mean:
             l1 = (matched - wanted).abs().mean()
         if plain_giou:
@@ -283,6 +337,8 @@ def _loss_variant(eos=None, l1_mean=False, plain_giou=False, per_query=False, no
 
 
 LOSS_MISTAKES = [
+    Mistake("squared the box differences (an L2 / MSE loss) instead of taking their absolute values",
+            "DETR's box loss is L1: (matched - wanted).abs().sum() / num_boxes.", _loss_variant(l1_squared=True)),
     Mistake("weighed the no-object class like the others (weight 1, not eos_coef)",
             "Most queries are unmatched, so their 'no object' terms would swamp the rest. Pass "
             "weight = [1, ..., 1, eos_coef] to F.cross_entropy (a tensor of K + 1 class weights).",
@@ -296,6 +352,9 @@ LOSS_MISTAKES = [
     Mistake("divided the box losses by the number of queries instead of the number of target boxes",
             "Normalise L1 and GIoU by the number of target boxes in the batch (at least 1), not by B * Q.",
             _loss_variant(per_query=True)),
+    Mistake("gave eos_coef to class 0 instead of the no-object class (the last one)",
+            "The down-weighted class is 'no object', index K (the last of the K + 1 columns): weight[-1] = eos_coef.",
+            _loss_variant(eos_on_first=True)),
     Mistake("put the no-object class first (index 0) instead of last",
             "DETR's no-object class is the last one, index K: logits have K + 1 columns and unmatched queries "
             "aim at class K.", _loss_variant(no_object_first=True)),
@@ -321,6 +380,7 @@ def _loss_cases(seed: int, graded: bool) -> list[dict]:
     return cases
 
 
+@exercise_check
 def set_loss(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `set_loss(logits, boxes, targets, indices, eos_coef=0.1)` -> {"ce", "l1", "giou"}, values and gradients."""
     dt = torch.float64 if graded else torch.float32
@@ -394,6 +454,7 @@ def _outputs(found) -> tuple:
     return (found["pred_logits"], found["pred_boxes"], *aux)
 
 
+@exercise_check
 def detr_head(cls, *, seed: int = 0, graded: bool = False) -> None:
     """Check `DETRHead(num_classes, embed_dim, grid_size, num_queries, dim, depth, num_heads, mlp_ratio=2.0,
     num_prefix_tokens=1)`: load the reference's weights, compare every layer's class logits and boxes, and the

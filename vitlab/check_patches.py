@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from vitlab import patches
 from vitlab.check import (CheckFailed, Mistake, PASS, call_learner, check_function, check_module, describe, forbid,
                           randn, tolerance)
+from vitlab.check import exercise_check
 
 REFERENCE = {
     patches.patchify: "vitlab.patches.patchify",
@@ -111,6 +112,7 @@ def _image_cases(seed: int, graded: bool) -> list[dict]:
     return [dict(img=randn(gen, *shape, dtype=dt), patch=p) for shape, p in shapes]
 
 
+@exercise_check
 def patchify(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `patchify(img, patch)` -> (B, N, P*P*C), row-major patches, (p1 p2 c) inside a patch."""
     dt = torch.float64 if graded else torch.float32
@@ -118,6 +120,7 @@ def patchify(fn, *, seed: int = 0, graded: bool = False) -> None:
                    forbidden=REFERENCE | UNFOLD, **tolerance(dt))
 
 
+@exercise_check
 def patchify_unfold(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `patchify_unfold(img, patch)`: the same tokens as patchify, computed with F.unfold."""
     cases = _image_cases(seed, graded)
@@ -166,6 +169,7 @@ UNPATCHIFY_MISTAKES = [
 ]
 
 
+@exercise_check
 def unpatchify(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `unpatchify(tokens, patch, grid)` -> (B, C, grid[0]*P, grid[1]*P), the inverse of patchify."""
     gen = torch.Generator().manual_seed(seed)
@@ -195,6 +199,7 @@ CONV_TO_LINEAR_MISTAKES = [
 ]
 
 
+@exercise_check
 def conv_weight_to_linear(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `conv_weight_to_linear(weight (D, C, P, P)) -> (D, P*P*C)` for a Linear on patchify's tokens."""
     gen = torch.Generator().manual_seed(seed)
@@ -232,6 +237,7 @@ NUM_PATCHES_MISTAKES = [
 ]
 
 
+@exercise_check
 def num_patches(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `num_patches(img_size, kernel, stride, padding=0)` for square images: ((H + 2p - k) // s + 1)^2."""
     sizes = [(224, 16, 16, 0), (32, 5, 1, 2), (224, 7, 4, 3), (30, 4, 4, 0), (31, 8, 3, 2)]
@@ -276,6 +282,7 @@ PATCH_EMBED_MISTAKES = [
 ]
 
 
+@exercise_check
 def patch_embed(cls, *, seed: int = 0, graded: bool = False) -> None:
     """Check a learner's `PatchEmbed(img_size, patch_size, in_chans, embed_dim)` with the reference's weights."""
     gen = torch.Generator().manual_seed(seed)

@@ -24,6 +24,7 @@ from torch import Tensor
 from vitlab import posenc
 from vitlab.check import CheckFailed, Mistake, PASS, call_learner, check_function, check_module, randn
 
+from vitlab.check import exercise_check
 TABLE_TOL = {"atol": 1e-4, "rtol": 1e-4}  # tables may be computed in float32 at any precision of the angle
 ROPE_TOL = {"atol": 2e-5, "rtol": 1e-4}
 
@@ -89,6 +90,7 @@ SINCOS_1D_MISTAKES = [
 ]
 
 
+@exercise_check
 def sincos_1d(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `sincos_1d(n, dim, temperature=10000.0)` -> (n, dim) = [sin(p omega) | cos(p omega)]."""
     sizes = [(10, 16, 10000.0), (7, 6, 10000.0), (50, 64, 100.0)]
@@ -139,6 +141,7 @@ SINCOS_2D_MISTAKES = [
 ]
 
 
+@exercise_check
 def sincos_2d(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `sincos_2d(h, w, dim, temperature=10000.0)` -> (h*w, dim), MAE's 2-D table."""
     sizes = [(3, 4, 8, 10000.0), (5, 2, 16, 10000.0), (4, 4, 32, 100.0)]
@@ -187,6 +190,7 @@ INDEX_MISTAKES = [
 ]
 
 
+@exercise_check
 def relative_position_index(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `relative_position_index(h, w)` -> (h*w, h*w) long: Swin's index into the bias table."""
     sizes = [(3, 2), (2, 3), (4, 4)] + ([(1, 4), (5, 1), (7, 7), (2, 6)] if graded else [])
@@ -225,6 +229,7 @@ BIAS_MISTAKES = [
 ]
 
 
+@exercise_check
 def relative_position_bias(cls, *, seed: int = 0, graded: bool = False) -> None:
     """Check a learner's `RelativePositionBias(window_size, num_heads)` with the reference's bias table."""
     dt = torch.float64 if graded else torch.float32
@@ -259,7 +264,7 @@ def _rope_variant(x: Tensor, positions: Tensor, temperature: float = 10000.0, *,
     elif mistake == "first_axis_only":
         angles = pos[:, 0].double()[:, None] * _omega(dim, temperature)[None, :]
     else:
-        omega = _omega(width, temperature, "i/D" if mistake == "i_over_d" else "2i/D")
+        omega = _omega(width, temperature, {"i_over_d": "i/D", "multiply": "multiply"}.get(mistake, "2i/D"))
         angles = torch.cat([pos[:, a].double()[:, None] * omega[None, :] for a in range(axes)], dim=1)
     if mistake == "backwards":
         angles = -angles
@@ -289,11 +294,42 @@ ROPE_MISTAKES = [Mistake(label, hint, lambda x, positions, temperature=10000.0, 
     ("used the exponent i/d instead of 2i/d", "i_over_d",
      "Pair i of a block of d channels turns at omega_i = 1/T^(2i/d), i = 0 .. d/2 - 1, as in the sin-cos table; "
      "with 2 axes each block has d = D/2 channels."),
+    ("multiplied the angle by T^(2i/d) instead of dividing", "multiply",
+     "omega_i = 1 / T^(2i/d) <= 1: the angle is position * omega_i, so low channel pairs turn fastest."),
     ("added the row and column into one position for every channel", "sum_axes",
      "Axial RoPE splits the channels: the first half turns with the row, the second half with the column."),
     ("used only the first position axis", "first_axis_only",
      "With positions (N, 2) the first D/2 channels turn with positions[:, 0] and the last D/2 with positions[:, 1]."),
     ("ignored the temperature argument", "no_temperature", "Use `temperature` where you wrote 10000."),
+]]
+def _pairs_adjacent(t: Tensor, axes: int) -> Tensor:
+    """Channels laid out as halves in each block, (x0..x_{w/2-1} | x_{w/2}..), reordered to adjacent pairs."""
+    return t.unflatten(-1, (axes, 2, -1)).transpose(-2, -1).flatten(-3)
+
+
+def _pairs_halves(t: Tensor, axes: int) -> Tensor:
+    """The inverse of _pairs_adjacent: adjacent pairs (x0, x1), (x2, x3), ... back to two halves per block."""
+    return t.unflatten(-1, (axes, -1, 2)).transpose(-2, -1).flatten(-3)
+
+
+def _rope_pairing(x: Tensor, positions: Tensor, temperature: float = 10000.0, *, take: str, give: str) -> Tensor:
+    """RoPE whose pairs are read (`take`) and written (`give`) as "halves" or "adjacent": any implementation
+    of such a pairing gives this output, however it is written."""
+    axes = 1 if positions.dim() == 1 else positions.shape[-1]
+    if take == "halves":
+        x = _pairs_adjacent(x, axes)
+    out = _rope_variant(x, positions, temperature, mistake="none")  # right, without calling the reference
+    return _pairs_halves(out, axes) if give == "halves" else out
+
+
+ROPE_MISTAKES += [Mistake(label, hint, lambda x, positions, temperature=10000.0, _t=take, _g=give: _rope_pairing(
+    x, positions, temperature, take=_t, give=_g)) for label, take, give, hint in [
+    ("paired channel i with channel i + D/2 (the two halves) but wrote the results as adjacent pairs", "halves",
+     "adjacent", "The pairs are neighbours: a, b = x[..., 0::2], x[..., 1::2], and the rotated pair goes back to "
+     "the same two places (torch.stack([..., ...], dim=-1).flatten(-2))."),
+    ("rotated adjacent pairs but wrote the results as two halves (torch.cat instead of stack-and-flatten)",
+     "adjacent", "halves", "Each rotated pair goes back to the places it came from: "
+     "torch.stack([a cos - b sin, a sin + b cos], dim=-1).flatten(-2), not torch.cat([...], dim=-1)."),
 ]]
 ROPE_REFERENCE = {posenc.apply_rope: "vitlab.posenc.apply_rope", posenc.rope_angles: "vitlab.posenc.rope_angles"}
 
@@ -337,6 +373,7 @@ def _relative_gap(fn: Callable, positions: Tensor, dim: int, gen: torch.Generato
     return worst, (scores.max() - scores.min()).item(), example
 
 
+@exercise_check
 def apply_rope(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `apply_rope(x, positions, temperature=10000.0)`: the score depends only on m - n, and the values."""
     gen = torch.Generator().manual_seed(seed + 1)
@@ -382,7 +419,7 @@ def _resample_variant(pos_embed: Tensor, new_grid, num_prefix_tokens: int = 1, o
     if mistake == "sequence":
         grid = F.interpolate(grid.transpose(1, 2), size=nh * nw, mode="linear", align_corners=False).transpose(1, 2)
         return torch.cat([prefix, grid], dim=1)
-    if mistake == "no_permute":
+    if mistake in ("no_permute", "no_permute_in"):
         image = grid.reshape(b, dim, gh, gw)
     else:
         image = grid.reshape(b, gh, gw, dim).permute(0, 3, 1, 2)
@@ -390,7 +427,8 @@ def _resample_variant(pos_embed: Tensor, new_grid, num_prefix_tokens: int = 1, o
     kwargs.update({"bilinear": dict(mode="bilinear"), "no_antialias": dict(antialias=False),
                    "align_corners": dict(align_corners=True)}.get(mistake, {}))
     image = F.interpolate(image, size=(nh, nw), **kwargs)
-    grid = image.reshape(b, nh * nw, dim) if mistake == "no_permute" else image.permute(0, 2, 3, 1).reshape(b, -1, dim)
+    no_permute_out = mistake in ("no_permute", "no_permute_out")
+    grid = image.reshape(b, nh * nw, dim) if no_permute_out else image.permute(0, 2, 3, 1).reshape(b, -1, dim)
     if mistake == "dropped_prefix":
         return grid
     return torch.cat([grid, prefix] if mistake == "prefix_last" else [prefix, grid], dim=1)
@@ -402,6 +440,11 @@ RESAMPLE_MISTAKES = [Mistake(label, hint, lambda pos_embed, new_grid, num_prefix
     ("reshaped the (N, D) grid rows straight to (D, H, W) without a permute", "no_permute",
      "Row k of the table is the vector of patch k: reshape to (B, H, W, D), then permute(0, 3, 1, 2) so that the "
      "D channels become image channels; undo both afterwards."),
+    ("reshaped the grid rows straight to (B, D, H, W) without a permute (and permuted back afterwards)",
+     "no_permute_in", "Row k of the table is the vector of patch k: reshape to (B, H, W, D), then permute(0, 3, 1, 2) "
+     "so that the D channels become image channels."),
+    ("reshaped the resampled (B, D, H, W) image straight back to (B, H*W, D) without a permute", "no_permute_out",
+     "Undo the way in: permute(0, 2, 3, 1) to (B, H, W, D), then reshape to (B, H*W, D)."),
     ("interpolated the whole table, prefix (CLS) rows included, as a 1-D sequence", "sequence_with_prefix",
      "The CLS row has no place on the grid: split it off, resample only the H*W grid rows, then put it back."),
     ("interpolated the grid rows as a 1-D sequence instead of on the 2-D grid", "sequence",
@@ -419,6 +462,7 @@ RESAMPLE_MISTAKES = [Mistake(label, hint, lambda pos_embed, new_grid, num_prefix
 ]]
 
 
+@exercise_check
 def resample_pos_embed(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `resample_pos_embed(pos_embed, new_grid, num_prefix_tokens=1, old_grid=None)` (bicubic, antialias)."""
     gen = torch.Generator().manual_seed(seed)

@@ -15,6 +15,7 @@ from torch import nn
 from vitlab import segmentation, vit
 from vitlab.check import CheckFailed, Mistake, check_function, check_module, randn, tolerance
 
+from vitlab.check import exercise_check
 GRID_BUILTINS = {segmentation.tokens_to_grid: "vitlab.segmentation.tokens_to_grid"}
 DECODER_BUILTINS = {segmentation.LinearDecoder: "vitlab.segmentation.LinearDecoder",
                     segmentation.Segmenter: "vitlab.segmentation.Segmenter"}
@@ -102,6 +103,7 @@ def _grid_cases(seed: int, graded: bool) -> list[dict]:
             dict(tokens=randn(gen, 2, 5 * 5, 6, dtype=torch.float32), grid=(5, 5), num_prefix_tokens=0)]
 
 
+@exercise_check
 def tokens_to_grid(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check a learner's `tokens_to_grid(tokens, grid, num_prefix_tokens=1)`: (B, prefix + h*w, D) -> (B, D, h, w)."""
     dt = torch.float64 if graded else torch.float32
@@ -141,6 +143,7 @@ def _decoder_inputs(seed: int, dim: int, graded: bool) -> list[dict]:
     return inputs
 
 
+@exercise_check
 def linear_decoder(cls, *, seed: int = 0, graded: bool = False) -> None:
     """Check a learner's `LinearDecoder(embed_dim, num_classes)` (a Linear called `head`) with the reference's weights."""
     dt = torch.float64 if graded else torch.float32
@@ -231,6 +234,7 @@ def _mask_structure(module: nn.Module, reference: nn.Module, name: str) -> None:
                           f"one learned embedding per class: {tuple(reference.cls_emb.shape)}.")
 
 
+@exercise_check
 def mask_transformer(cls, *, seed: int = 0, graded: bool = False) -> None:
     """Check a learner's `MaskTransformer(embed_dim, num_classes, d_model, depth, num_heads, mlp_ratio=4.0)`.
 
@@ -272,6 +276,8 @@ def _dice_variant(mistake: str):
             probs = logits.sigmoid()
         elif mistake == "argmax":
             probs = F.one_hot(logits.argmax(1), k).movedim(-1, 1).to(logits.dtype)
+        elif mistake == "softmax_last_axis":
+            probs = logits.softmax(-1)
         else:
             probs = logits.softmax(1)
         onehot = F.one_hot(target, k).movedim(-1, 1).to(probs.dtype)
@@ -293,6 +299,8 @@ def _dice_variant(mistake: str):
 
 
 DICE_MISTAKES = [
+    Mistake("took the softmax over the last axis (the image width) instead of the classes",
+            "logits are (B, K, H, W): the classes are dim=1, so softmax(dim=1).", _dice_variant("softmax_last_axis")),
     Mistake("returned the Dice coefficient, not the loss", "The loss is 1 - (mean Dice): it is 0 for a perfect "
             "prediction.", _dice_variant("dice_not_loss")),
     Mistake("used the raw logits as probabilities", "Turn the logits into probabilities with a softmax over the "
@@ -326,6 +334,7 @@ def _dice_cases(seed: int, graded: bool) -> list[dict]:
     return cases
 
 
+@exercise_check
 def dice_loss(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check a learner's `dice_loss(logits, target, smooth=1.0)`, values and gradients."""
     dt = torch.float64 if graded else torch.float32
@@ -363,6 +372,7 @@ def _confusion_cases(seed: int, graded: bool) -> list[dict]:
     return cases
 
 
+@exercise_check
 def confusion_matrix(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check a learner's `confusion_matrix(pred, target, num_classes)` -> (K, K) int64, rows = true class."""
     forbidden = _with_sklearn(CONFUSION_BUILTINS, "confusion_matrix")
@@ -435,6 +445,7 @@ def _as_float(fn):
     return call
 
 
+@exercise_check
 def mean_iou(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check a learner's `mean_iou(confusion)` -> the mean IoU over the classes present (a float)."""
     forbidden = _with_sklearn(MIOU_BUILTINS, "jaccard_score")

@@ -16,6 +16,7 @@ from torch import nn
 from vitlab import augment, distill, train
 from vitlab.check import CheckFailed, Mistake, PASS, _difference, call_learner, check_function, forbid, randn, tolerance
 
+from vitlab.check import exercise_check
 SCHEDULE_BUILTINS = {
     train.cosine_lr: "vitlab.train.cosine_lr",
     train.warmup_cosine: "vitlab.train.warmup_cosine",
@@ -92,6 +93,7 @@ COSINE_MISTAKES = [
 ]
 
 
+@exercise_check
 def cosine_lr(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `cosine_lr(step, base_lr, total_steps, warmup_steps=0, warmup_lr_init=0.0, min_lr=0.0)`."""
     gen = torch.Generator().manual_seed(seed)
@@ -180,6 +182,7 @@ def _clip_outcome(total, params) -> list:
     return [total] + [p.grad for p in params]
 
 
+@exercise_check
 def clip_grad_norm(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `clip_grad_norm(parameters, max_norm)`: scale all .grad in place to a joint 2-norm of at most
     max_norm; return the norm before. The truth is torch.nn.utils.clip_grad_norm_ on copies."""
@@ -259,6 +262,42 @@ SMOOTHING_MISTAKES = [
 ]
 
 
+def _smoothing_effect(got, args) -> str | None:
+    """Name the target distribution a wrong loss implies, whatever code built it.
+
+    A loss -mean_n sum_k q_k log softmax(z_n)_k, with q_k = q_on for the true class and q_off for the others,
+    has gradient (S softmax(z_n)_k - q_k) / B with respect to the logits (S = sum_k q_k): a least-squares fit
+    of B * grad on the probabilities recovers S, q_on and q_off.
+    """
+    logits, target, eps = args["logits"], args["target"], args["smoothing"]
+    if not (isinstance(got, torch.Tensor) and got.numel() == 1 and got.requires_grad and logits.requires_grad):
+        return None
+    (grad,) = torch.autograd.grad(got, logits, retain_graph=True)
+    b, k = logits.shape
+    if k < 3:
+        return None
+    probs = logits.detach().double().softmax(-1).flatten()
+    on = torch.nn.functional.one_hot(target, k).double().flatten()
+    design = torch.stack([probs, -(1 - on), -on], dim=1)
+    y = (b * grad).double().flatten()
+    solution = torch.linalg.lstsq(design, y[:, None]).solution.flatten()
+    if (design @ solution - y).abs().max() > 1e-4:
+        return None  # not a cross-entropy against one fixed target distribution
+    total, off, on_value = solution.tolist()
+    if abs(total - (on_value + (k - 1) * off)) > 1e-3:
+        return None
+    if abs(total - 1) > 1e-3 and abs(on_value / total - (1 - eps + eps / k)) < 1e-3:
+        return (f"Your loss is label smoothing's times {total:.4g}{' (= 1/K)' if abs(total * k - 1) < 1e-3 else ''}."
+                "\n  Sum -q_k log p_k over the classes, then average over the batch: a .mean() over every entry "
+                "also divides by the number of classes K.")
+    return (f"Your loss is a cross-entropy against a target of {on_value:.4g} on the true class and {off:.4g} on "
+            f"each other class (summing to {total:.4g}); label smoothing with eps = {eps:g} and K = {k} gives "
+            f"{1 - eps + eps / k:.4g} and {eps / k:.4g} (summing to 1).\n  q = (1 - eps) * onehot + eps / K: every "
+            "class gets eps/K (the true class too), and the true class keeps 1 - eps on top. (Spreading eps over "
+            "the K - 1 other classes is another convention, not torch's or timm's.)")
+
+
+@exercise_check
 def label_smoothing_cross_entropy(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `label_smoothing_cross_entropy(logits, target, smoothing=0.1)` against F.cross_entropy's
     label_smoothing (timm's LabelSmoothingCrossEntropy is the same)."""
@@ -274,7 +313,7 @@ def label_smoothing_cross_entropy(fn, *, seed: int = 0, graded: bool = False) ->
         cases += [case(1, 2, 0.2), case(16, 7, 0.0), case(5, 100, 0.1, 10.0), case(3, 3, 0.9)]
     check_function(fn, lambda logits, target, smoothing: F.cross_entropy(logits, target, label_smoothing=smoothing),
                    cases, name="label_smoothing_cross_entropy", mistakes=SMOOTHING_MISTAKES,
-                   forbidden=SMOOTHING_BUILTINS, **tolerance(dt))
+                   forbidden=SMOOTHING_BUILTINS, explain=_smoothing_effect, **tolerance(dt))
 
 
 # ---------------------------------------------------------------------------------------------- cutmix
@@ -322,6 +361,7 @@ CUTMIX_MISTAKES = [
 ]
 
 
+@exercise_check
 def cutmix(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `cutmix(x, targets, lam, cy, cx)` -> (mixed images, mixed soft targets), timm's box and convention."""
     gen = torch.Generator().manual_seed(seed)
@@ -377,6 +417,7 @@ KD_MISTAKES = [
 ]
 
 
+@exercise_check
 def soft_distillation_loss(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `soft_distillation_loss(student_logits, teacher_logits, temperature=1.0)` = T^2 KL(p_T || q_T)."""
     gen = torch.Generator().manual_seed(seed)
@@ -414,7 +455,8 @@ def _ema_variant(kind: str):
     def wrong(ema_model, model, decay):
         for (name, e), m in zip(ema_model.state_dict().items(), model.state_dict().values()):
             if not e.is_floating_point():
-                e.copy_(m)
+                if kind != "ints_left":
+                    e.copy_(m)
             elif kind == "swapped":
                 e.mul_(1 - decay).add_(m, alpha=decay)
             elif kind == "params_only" and name.split(".")[-1] in ("running_mean", "running_var"):
@@ -436,9 +478,13 @@ EMA_MISTAKES = [
             _ema_variant("params_only")),
     Mistake("copied the model's weights instead of averaging", "ema = decay * ema + (1 - decay) * model.",
             _ema_variant("copy")),
+    Mistake("left the integer buffers (BatchNorm's num_batches_tracked) as they were",
+            "An integer entry cannot be averaged, but the EMA model must not keep a stale one: copy it, "
+            "ema_v.copy_(model_v).", _ema_variant("ints_left")),
 ]
 
 
+@exercise_check
 def ema_update(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `ema_update(ema_model, model, decay)`: in place, ema = decay * ema + (1 - decay) * model on every
     floating entry of the state_dict; integer buffers copied; returns nothing needed."""

@@ -20,6 +20,7 @@ from vitlab import parallel, peft, transfer
 from vitlab.attention import MultiHeadAttention
 from vitlab.check import (CheckFailed, Mistake, PASS, call_learner, check_function, check_module, describe, forbid,
                           randn, tolerance)
+from vitlab.check import exercise_check
 from vitlab.vit import VisionTransformer
 
 
@@ -132,6 +133,7 @@ def _group_cases(graded: bool) -> list[tuple[dict, dict, tuple[str, ...]]]:
     return cases
 
 
+@exercise_check
 def layer_decay_groups(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `layer_decay_groups(model, lr, weight_decay, layer_decay)` on ViTs of a few depths: each trainable
     parameter's lr and weight decay must be BEiT's (timm's `param_groups_layer_decay` with a CLS-pooled ViT)."""
@@ -214,6 +216,7 @@ def _lora_structure(module: nn.Module, base: nn.Linear, r: int, name: str) -> No
         raise CheckFailed(f"{name}: lora_A and lora_B must be trainable (requires_grad=True).")
 
 
+@exercise_check
 def lora_linear(cls, *, seed: int = 0, graded: bool = False) -> None:
     """Check a learner's `LoRALinear(base, r, alpha)`: frozen base, B = 0 at the start, outputs and gradients with
     the reference's weights (B random), and `merge()` giving one nn.Linear with the same outputs."""
@@ -326,6 +329,7 @@ PREFIX_MISTAKES = [
 ]
 
 
+@exercise_check
 def prefix_attention(cls, *, seed: int = 0, graded: bool = False) -> None:
     """Check a learner's `PrefixAttention(attn, length)` with the reference's weights: the wrapped attention frozen,
     prefix_k and prefix_v of shape (length, dim), outputs (B, N, dim) and the prefixes' gradients."""
@@ -459,6 +463,7 @@ def _averaging_cases(graded: bool) -> list[tuple[int, bool, torch.dtype]]:
     return cases
 
 
+@exercise_check
 def average_gradients(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `average_gradients(model)` in simulated worlds of 2 to 5 ranks (threads stand in for processes):
     after it runs, every rank's gradients must equal the gradient of the loss on the whole batch."""
@@ -531,6 +536,8 @@ def _tp_variant(mistake: str):
         act = {"no_gelu": lambda h: h, "tanh": lambda h: F.gelu(h, approximate="tanh")}.get(mistake, F.gelu)
         partials = torch.stack([act(F.linear(x, a, b)) @ c.T + (b2 if mistake == "bias_each" else 0)
                                 for a, b, c in pieces])
+        if mistake == "bias_times_parts":
+            return partials.sum(0) + parts * b2, partials
         return partials.sum(0) + (0 if mistake == "bias_each" else b2), partials
     return wrong
 
@@ -538,6 +545,8 @@ def _tp_variant(mistake: str):
 TP_MISTAKES = [
     Mistake("added fc2's bias on every device", "Each device holds a partial sum of fc2's output; b2 is added once, "
             "after the partials are summed (the all-reduce), or it counts `parts` times.", _tp_variant("bias_each")),
+    Mistake("added fc2's bias `parts` times to the sum", "b2 is added once, after the partials are summed: "
+            "partials.sum(0) + b2.", _tp_variant("bias_times_parts")),
     Mistake("left out the GELU", "Each device applies GELU to its own hidden units before its slice of fc2: "
             "GELU acts on each unit alone, which is why the column split needs no communication.",
             _tp_variant("no_gelu")),
@@ -548,6 +557,7 @@ TP_MISTAKES = [
 ]
 
 
+@exercise_check
 def tensor_parallel_mlp(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `tensor_parallel_mlp(x, w1, b1, w2, b2, parts) -> (output, partials)` against the reference split;
     its output against the unsplit MLP fc2(GELU(fc1(x))) too."""

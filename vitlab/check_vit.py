@@ -6,6 +6,7 @@ shapes and widths, a one-token sequence, constant rows and other model configura
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +15,7 @@ from torch import nn
 from vitlab import vit
 from vitlab.check import (CheckFailed, Mistake, PASS, call_learner, check_function, check_module, describe, forbid,
                           randn, tolerance)
+from vitlab.check import exercise_check
 
 LAYER_NORM_BUILTINS = {
     F.layer_norm: "torch's F.layer_norm",
@@ -58,11 +60,12 @@ def _layer_norm_reference(x, weight, bias, eps=1e-6):
     return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
 
 
-def _layer_norm_variant(dims=(-1,), unbiased=False, eps_outside=False, affine=True, sqrt=True, use_eps=True):
+def _layer_norm_variant(dims=(-1,), unbiased=False, eps_outside=False, affine=True, sqrt=True, use_eps=True,
+                        centre=True):
     """A layer norm that is wrong in the ways the keyword arguments say."""
 
     def wrong(x, weight, bias, eps=1e-6):
-        mean = x.mean(dim=dims, keepdim=True)
+        mean = x.mean(dim=dims, keepdim=True) if centre else torch.zeros_like(x)
         var = x.var(dim=dims, keepdim=True, unbiased=unbiased)
         eps = eps if use_eps else 0.0
         if eps_outside:
@@ -76,6 +79,9 @@ def _layer_norm_variant(dims=(-1,), unbiased=False, eps_outside=False, affine=Tr
 
 
 LAYER_NORM_MISTAKES = [
+    Mistake("divided x by the standard deviation without subtracting the mean first",
+            "Normalise the centred values: (x - mean) / sqrt(var + eps), then scale and shift.",
+            _layer_norm_variant(centre=False)),
     Mistake("used the unbiased variance (dividing by D - 1)",
             "LayerNorm divides by D, the number of features: x.var(dim=-1, unbiased=False), or "
             "((x - mean) ** 2).mean(dim=-1). torch's .var() divides by D - 1 unless told otherwise.",
@@ -118,6 +124,7 @@ def _layer_norm_cases(seed: int, graded: bool) -> list[dict]:
     return cases
 
 
+@exercise_check
 def layer_norm(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `layer_norm(x, weight, bias, eps=1e-6)`: normalise x (..., D) over its last dim, then scale and shift."""
     dt = torch.float64 if graded else torch.float32
@@ -152,6 +159,7 @@ GELU_MISTAKES = [
 ]
 
 
+@exercise_check
 def gelu(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `gelu(x)`: the exact GELU, x * Phi(x), elementwise on any shape."""
     gen = torch.Generator().manual_seed(seed)
@@ -187,6 +195,12 @@ class _WrongBlock(vit.Block):
         if self.mistake == "post_norm":
             x = self._norm(norm1, x + self.attn(x))
             return self._norm(norm2, x + self._mlp(x))
+        if self.mistake == "post_norm_attn":
+            x = self._norm(norm1, x + self.attn(x))
+            return x + self._mlp(self._norm(norm2, x))
+        if self.mistake == "post_norm_mlp":
+            x = x + self.attn(self._norm(norm1, x))
+            return self._norm(norm2, x + self._mlp(x))
         h = self.attn(self._norm(norm1, x))
         x = h if self.mistake in ("no_residual", "no_attn_residual") else x + h
         h = self._mlp(self._norm(norm2, x))
@@ -197,6 +211,10 @@ BLOCK_MISTAKES = [
     ("normalised after the residual sum (post-norm, the original Transformer)", "post_norm",
      "ViT is pre-norm: x = x + attn(norm1(x)), then x = x + mlp(norm2(x)). The residual path itself is never "
      "normalised."),
+    ("normalised after the residual sum around attention (post-norm there)", "post_norm_attn",
+     "ViT is pre-norm: x = x + attn(norm1(x)). The residual path itself is never normalised."),
+    ("normalised after the residual sum around the MLP (post-norm there)", "post_norm_mlp",
+     "ViT is pre-norm: x = x + mlp(norm2(x)). The residual path itself is never normalised."),
     ("left out both residual connections", "no_residual",
      "Add each sublayer's output to its input: x = x + attn(norm1(x)); x = x + mlp(norm2(x))."),
     ("left out the residual connection around attention", "no_attn_residual",
@@ -223,6 +241,7 @@ def _block_inputs(seed: int, dim: int, graded: bool) -> list[dict]:
     return inputs
 
 
+@exercise_check
 def block(cls, *, seed: int = 0, graded: bool = False) -> None:
     """Check a learner's `Block(dim, num_heads, mlp_ratio=4.0, qkv_bias=True)` with the reference's weights.
 
@@ -261,6 +280,8 @@ class _WrongViT(vit.VisionTransformer):
             x = torch.cat([cls, x + self.pos_embed[:, 1:]], dim=1)
         elif self.mistake == "no_position":
             x = torch.cat([cls, x], dim=1)
+        elif self.mistake == "cls_last":
+            x = torch.cat([x, cls], dim=1) + self.pos_embed
         else:
             x = torch.cat([cls, x], dim=1) + self.pos_embed
         for blk in self.blocks:
@@ -281,6 +302,9 @@ VIT_MISTAKES = [
      "With CLS pooling the classifier reads one token, the first: x[:, 0] (mean pooling is global_pool='avg')."),
     ("read the last token instead of the CLS token", "last_token",
      "The CLS token is prepended, so it is x[:, 0]."),
+    ("appended the CLS token after the patch tokens", "cls_last",
+     "Prepend it: torch.cat([cls_token, patches], dim=1). Row 0 of pos_embed is the CLS token's, and the "
+     "classifier reads x[:, 0]."),
     ("added no position embedding to the CLS token", "cls_without_position",
      "pos_embed has N + 1 rows: concatenate the CLS token first, then add the whole table."),
     ("forgot to add the position embedding", "no_position",
@@ -316,6 +340,7 @@ def _vit_configs(graded: bool) -> list[dict]:
     return [dict(img_size=16, patch_size=4, in_chans=3, num_classes=5, embed_dim=32, depth=2, num_heads=4)]
 
 
+@exercise_check
 def vision_transformer(cls, *, seed: int = 0, graded: bool = False) -> None:
     """Check a learner's `VisionTransformer(img_size, patch_size, in_chans, num_classes, embed_dim, depth, num_heads)`.
 
@@ -378,6 +403,33 @@ COUNT_MISTAKES = [
 ]
 
 
+def _count_effect(config: dict, got, truth: int) -> str:
+    """Which parameters a wrong count misses or counts twice, when the difference is exactly one group of them
+    (a tensor of every block, such as the qkv biases, or one tensor such as the CLS token)."""
+    if not isinstance(got, int) or isinstance(got, bool):
+        return ""
+    groups: dict[str, list[int]] = {}
+    with torch.device("meta"):
+        model = vit.VisionTransformer(**config)
+    for name, p in model.named_parameters():
+        groups.setdefault(re.sub(r"blocks\.\d+\.", "blocks.N.", name), []).append(p.numel())
+    gap = abs(truth - got)
+    way = "short by" if got < truth else "over by"
+    for name, sizes in groups.items():
+        if gap == sum(sizes):
+            each = f" ({len(sizes)} blocks x {sizes[0]:,})" if len(sizes) > 1 else ""
+            return (f"\n  Your count is {way} {gap:,}: exactly {name}{each}. Count every parameter tensor once: "
+                    "weights and biases of qkv, proj, fc1, fc2, both norms of each block, then the patch embedding, "
+                    "cls_token, pos_embed (N + 1 rows), the final norm and the head.")
+        if len(sizes) > 1 and gap == sizes[0]:
+            return f"\n  Your count is {way} {gap:,}: the size of one {name}. Is a range over the blocks off by one?"
+    if gap == config["embed_dim"]:
+        return (f"\n  Your count is {way} {gap:,} = embed_dim: one token's worth, the cls_token or one row of "
+                "pos_embed (which has N + 1 rows, the CLS token's included).")
+    return ""
+
+
+@exercise_check
 def parameter_count(fn, *, seed: int = 0, graded: bool = False) -> None:
     """Check `vit_parameter_count(img_size, patch_size, in_chans, num_classes, embed_dim, depth, mlp_ratio=4.0)`.
 
@@ -414,6 +466,7 @@ def parameter_count(fn, *, seed: int = 0, graded: bool = False) -> None:
         for mistake in COUNT_MISTAKES:
             if got == mistake.impl(**args):
                 raise CheckFailed(f"vit_parameter_count: looks like you {mistake.label}.\n  {mistake.hint}")
-        raise CheckFailed(f"vit_parameter_count({where}) = {got!r}, expected {truth:,}.")
+        raise CheckFailed(f"vit_parameter_count({where}) = {got!r}, expected {truth:,}."
+                          + _count_effect(config, got, truth))
     print(f"{PASS} vit_parameter_count: exact on {len(configs)} configurations (ViT-B/16 = {truths[0]:,}, "
           f"ViT-L/16 = {truths[1]:,}, ViT-H/14 = {truths[2]:,}).")

@@ -113,17 +113,37 @@ class MaskTransformer(nn.Module):
         return tokens_to_grid(masks, grid, num_prefix_tokens=0)
 
 
+class PixelRefiner(nn.Module):
+    """A light skip from the pixels: two 3x3 convolutions see the image and the upsampled scores together and add
+    a correction to the scores, so that boundaries can follow the pixels instead of the patch grid.
+
+    (scores (B, K, H, W), images (B, C, H, W)) -> refined scores (B, K, H, W).
+    """
+
+    def __init__(self, num_classes: int, in_chans: int = 3, width: int = 16) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(num_classes + in_chans, width, 3, padding=1)
+        self.conv2 = nn.Conv2d(width, width, 3, padding=1)
+        self.out = nn.Conv2d(width, num_classes, 1)
+
+    def forward(self, scores: Tensor, images: Tensor) -> Tensor:
+        x = F.relu(self.conv1(torch.cat([scores, images], dim=1)))
+        return scores + self.out(F.relu(self.conv2(x)))
+
+
 class Segmenter(nn.Module):
     """A ViT backbone and a decoder: images (B, C, H, W) -> per-pixel class scores (B, K, H, W).
 
     The image is padded to multiples of the patch size; the padded size must be the backbone's `img_size`
-    (its position table has one row per patch of that grid). Decoder scores are upsampled and cropped back.
+    (its position table has one row per patch of that grid). Decoder scores are upsampled and cropped back,
+    then corrected at full resolution by `refiner` (a `PixelRefiner`) when one is given.
     """
 
-    def __init__(self, backbone: vit.VisionTransformer, decoder: nn.Module) -> None:
+    def __init__(self, backbone: vit.VisionTransformer, decoder: nn.Module, refiner: nn.Module | None = None) -> None:
         super().__init__()
         self.backbone = backbone
         self.decoder = decoder
+        self.refiner = refiner
 
     def no_weight_decay(self) -> list[str]:
         """Parameter names kept out of weight decay, timm's convention: positions, CLS token, class embeddings."""
@@ -137,7 +157,8 @@ class Segmenter(nn.Module):
             raise ValueError(f"images of {tuple(images.shape[-2:])} pad to a {grid} grid; the backbone was built "
                              f"for {tuple(self.backbone.grid_size)}")
         tokens = self.backbone.forward_features(padded)[:, self.backbone.num_prefix_tokens:]
-        return upsample_to(self.decoder(tokens, grid), images.shape[-2:], patch, mode)
+        scores = upsample_to(self.decoder(tokens, grid), images.shape[-2:], patch, mode)
+        return scores if self.refiner is None else self.refiner(scores, images)
 
 
 # ---------------------------------------------------------------------------------------------- losses

@@ -348,6 +348,8 @@ def fit(model: nn.Module, train: Data, val: Data | None, *, epochs: int, lr: flo
                 inputs = augment(inputs)
             targets = labels
             if mix is not None:
+                if len(inputs) % 2:  # mixup pairs each image with its mirror: leave out the odd one (a last batch)
+                    inputs, labels = inputs[:-1], labels[:-1]
                 inputs, targets = mix(inputs, labels)
             with _autocast(dev):
                 outputs = model(inputs)

@@ -46,6 +46,15 @@ def entropy(weights: torch.Tensor) -> float:
     return float(-(w * w.log()).sum())
 
 
+def _full_labels(box: W.Box) -> None:
+    """Give every control in `box` room for its whole label (ipywidgets cuts labels at about 8 characters)."""
+    for child in box.children:
+        if "description_width" in getattr(getattr(child, "style", None), "keys", ()):
+            child.style.description_width = "initial"
+        if isinstance(child, W.Box):
+            _full_labels(child)
+
+
 class FigureWidget(W.VBox):
     """Controls above a matplotlib figure that is redrawn as a PNG on every change.
 
@@ -56,6 +65,10 @@ class FigureWidget(W.VBox):
     """
 
     out: W.Output
+
+    def __init__(self, children, **kwargs):
+        super().__init__(children, **kwargs)
+        _full_labels(self)
 
     def figure(self) -> Figure:
         raise NotImplementedError
@@ -96,16 +109,25 @@ class AttentionExplorer(FigureWidget):
         self.features, self.grid, self.image = patch_features(image, patch)
         n = self.features.shape[0]
         self.top = top
-        self.query = W.IntSlider(value=min(49, n - 1) if query is None else query, min=0, max=n - 1,
-                                 description="query patch", continuous_update=False)
+        rows, cols = self.grid
+        start = min(49, n - 1) if query is None else query
+        self.row = W.IntSlider(value=start // cols, min=0, max=rows - 1, description="query row",
+                               continuous_update=False)
+        self.col = W.IntSlider(value=start % cols, min=0, max=cols - 1, description="query column",
+                               continuous_update=False)
         self.temperature = W.FloatLogSlider(value=temperature, base=10, min=-2, max=1, step=0.05,
                                             description="temperature", continuous_update=False)
         self.cosine = W.Checkbox(value=False, description="cosine (normalise q and k)")
         self.out = W.Output()
-        for control in (self.query, self.temperature, self.cosine):
+        for control in (self.row, self.col, self.temperature, self.cosine):
             control.observe(self._redraw, names="value")
-        super().__init__([W.HBox([self.query, self.temperature, self.cosine]), self.out])
+        super().__init__([W.HBox([self.row, self.col]), W.HBox([self.temperature, self.cosine]), self.out])
         self._redraw()
+
+    @property
+    def query(self) -> int:
+        """The query patch as a row-major index, row * columns + column (the bars' (row, col) labels)."""
+        return self.row.value * self.grid[1] + self.col.value
 
     def weights(self, temperature: float | None = None) -> torch.Tensor:
         """The attention weights (N,) of the current query patch over all patches."""
@@ -113,9 +135,9 @@ class AttentionExplorer(FigureWidget):
         f = self.features
         if self.cosine.value:
             f = torch.nn.functional.normalize(f, dim=-1)
-            scores = f @ f[self.query.value] / t
+            scores = f @ f[self.query] / t
         else:
-            scores = f @ f[self.query.value] / (math.sqrt(f.shape[1]) * t)
+            scores = f @ f[self.query] / (math.sqrt(f.shape[1]) * t)
         return scores.softmax(-1)
 
     def figure(self) -> Figure:
@@ -125,12 +147,12 @@ class AttentionExplorer(FigureWidget):
         fig = Figure(figsize=(13, 3.9))
         ax_img, ax_bar, ax_h = fig.subplots(1, 3, width_ratios=[1.5, 1.2, 1])
         fig.subplots_adjust(left=0.01, right=0.99, bottom=0.2, top=0.9, wspace=0.22)
-        viz.patch_weights_overlay(self.image, w, self.grid, query=self.query.value, ax=ax_img,
-                                  title=f"query patch {self.query.value} (blue frame)")
+        viz.patch_weights_overlay(self.image, w, self.grid, query=self.query, ax=ax_img,
+                                  title=f"query patch ({self.row.value}, {self.col.value}) (blue frame)")
         top = w.topk(min(self.top, n))
         cols = self.grid[1]
         labels = [f"{int(i) // cols},{int(i) % cols}" for i in top.indices]
-        mine = (top.indices == self.query.value).nonzero()
+        mine = (top.indices == self.query).nonzero()
         viz.weights_bar(top.values, labels, ax=ax_bar, highlight=int(mine[0, 0]) if len(mine) else None,
                         title=f"largest {len(labels)} of {n} weights (red: the query itself)")
         ax_bar.set_xlabel("key patch (row, col)")
@@ -473,6 +495,7 @@ class AttentionMapViewer(FigureWidget):
     def figure(self) -> Figure:
         """The current state as a static figure (three panels)."""
         from matplotlib.patches import Rectangle
+        from matplotlib.ticker import MaxNLocator
 
         a = self.matrix()
         q, p, cols = self.query.value, self.prefix, self.grid[1]
@@ -492,6 +515,8 @@ class AttentionMapViewer(FigureWidget):
         ax_mat.set_title(f"all {a.shape[0]} queries (rows) over all keys", fontsize=10)
         ax_mat.set_xlabel("key token (0 = CLS)")
         ax_mat.set_ylabel("query token")
+        for axis in (ax_mat.xaxis, ax_mat.yaxis):
+            axis.set_major_locator(MaxNLocator(integer=True))  # token numbers, never 2.5
         viz.attention_distance_plot(self.distances, ax=ax_dist, title="mean attention distance, every head")
         if not self.rollout.value:
             heads = self.distances.shape[1]
@@ -813,6 +838,7 @@ class MixExplorer(FigureWidget):
 
     def figure(self) -> Figure:
         from matplotlib.patches import Rectangle
+        from matplotlib.ticker import MaxNLocator
 
         image, target, used, box = self.mixed()
         fig = Figure(figsize=(13, 3.4))
