@@ -1,11 +1,12 @@
 """The instructor's command line over nbgrader: release, grade, feedback, export.
 
     python -m autograder release [CHAPTER ...]
-    python -m autograder grade (SUBMISSIONS | --exchange) [--chapter NAME ...] [--out DIR] [--workers N]
+    python -m autograder grade (SUBMISSIONS | --exchange) [--chapter NAME ...] [--out DIR]
+                               [--workers N | --scheduler tcp://HOST:8786]
                                [--student ID ...] [--force] [--no-sandbox] [--cell-timeout S] [--notebook-timeout S]
                                [--due TIME]
     python -m autograder feedback DIR [--chapter NAME ...]
-    python -m autograder export DIR [--chapter NAME ...] [--csv PATH]
+    python -m autograder export DIR [--chapter NAME ...] [--csv PATH] [--format canvas|moodle --roster ROSTER.csv]
 
 `release` writes `chapters/` from `solutions/` in this repository. The other commands work in a grading
 folder DIR that is an nbgrader course of its own (its `solutions/`, `submitted/`, `autograded/`,
@@ -28,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Iterator
 
 import nbformat
 from tqdm import tqdm
@@ -74,7 +76,7 @@ def nbgrader_logged(course: Path, *args: str) -> bool:
     start = time.monotonic()
     done = nbgrader(course, *args)
     with (course / "nbgrader.log").open("a", encoding="utf-8") as log:
-        log.write(f"$ nbgrader {' '.join(args)}  (exit code {done.returncode}, {time.monotonic() - start:.0f} s)\n"
+        log.write(f"$ nbgrader {' '.join(args)}  (exit code {done.returncode}, {time.monotonic() - start:.1f} s)\n"
                   f"{done.stdout}{done.stderr}\n")
     return done.returncode == 0
 
@@ -131,6 +133,7 @@ class Options:
     notebook_timeout: int = 900
     limits: sandbox.Limits = sandbox.Limits()
     due: datetime | None = None  # UTC
+    scheduler: str | None = None  # a Dask scheduler's address: grade on its workers (autograder.cluster)
 
 
 def folder(path: Path, what: str) -> Path:
@@ -207,22 +210,32 @@ def late(course: Path, sub: intake.Submission, due: datetime | None) -> list[str
     return [f"late:{seconds // 3600}h{seconds // 60 % 60:02d}m{seconds % 60:02d}s"] if seconds > 0 else []
 
 
+def kernel_threads(workers: int) -> dict[str, str]:
+    """The kernel's OMP_NUM_THREADS: this machine's cores shared among the notebooks graded at once (torch's
+    default, a thread per core in every kernel, oversubscribes the cores), unless the environment sets it."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return {}
+    return {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // workers))}
+
+
 def autograde_one(course: Path, sub: intake.Submission, options: Options) -> tuple[bool, str]:
     """Run `nbgrader autograde` for one student and chapter (in the sandbox); (succeeded, its output)."""
     args = ["autograde", sub.chapter, f"--student={sub.student}", "--force",
             f"--Execute.timeout={options.cell_timeout}",
             f"--GuardedExecute.notebook_timeout={options.notebook_timeout}"]
     start = time.monotonic()
+    env = kernel_threads(options.workers)
     if options.sandboxed:
         with sandbox.kernel_uid() as uid:
             settings = sandbox.prepare(course, sub.student, sub.chapter, uid, options.limits)
             args += [f"{k}={v}" for k, v in settings.items() if k.startswith("--")]
-            done = nbgrader(course, *args, env={k: v for k, v in settings.items() if not k.startswith("--")})
+            env.update({k: v for k, v in settings.items() if not k.startswith("--")})
+            done = nbgrader(course, *args, env=env)
         shutil.rmtree(course / ".sandbox" / f"{sub.student}-{sub.chapter}", ignore_errors=True)
         shutil.rmtree(Path(settings["--KernelManager.ip"]).parent, ignore_errors=True)
     else:
-        done = nbgrader(course, *args)
-    log = (f"$ nbgrader {' '.join(args)}  (exit code {done.returncode}, {time.monotonic() - start:.0f} s)\n"
+        done = nbgrader(course, *args, env=env)
+    log = (f"$ nbgrader {' '.join(args)}  (exit code {done.returncode}, {time.monotonic() - start:.1f} s)\n"
            f"{done.stdout}{done.stderr}\n")
     ok = done.returncode == 0 and (course / "autograded" / sub.student / sub.chapter / f"{sub.chapter}.ipynb").exists()
     return ok, log
@@ -257,7 +270,7 @@ def grade(submissions: Path | None, wanted: list[str], out: Path | None, options
     """Autograde every submission found (in parallel, sandboxed), then write feedback, grades.csv and a
     summary. Exit code 2 if anything could not be graded."""
     wanted = [known(name, ROOT) for name in wanted]
-    if options.sandboxed and sandbox.missing():
+    if options.sandboxed and not options.scheduler and sandbox.missing():
         raise Problem(f"the kernel sandbox cannot run: {sandbox.missing()}. Install it, or pass --no-sandbox "
                       "to grade without it (learners' code then runs with your permissions)")
     course = Path(tempfile.mkdtemp(prefix="vitlab-grading-")) if out is None else out.resolve()
@@ -301,16 +314,13 @@ def grade(submissions: Path | None, wanted: list[str], out: Path | None, options
         write_record(course, sub, {"fingerprint": digest, "graded": False, "flags": flags})
         todo.append(sub)
     skipped = len(found) - len(todo)
-    print(f"autograding {len(todo)} submission{'s' * (len(todo) != 1)} with {options.workers} "
-          f"worker{'s' * (options.workers != 1)}{f' ({skipped} already graded: --force to redo)' if skipped else ''}"
+    where = f"on the Dask cluster at {options.scheduler}" if options.scheduler else \
+        f"with {options.workers} worker{'s' * (options.workers != 1)}"
+    print(f"autograding {len(todo)} submission{'s' * (len(todo) != 1)} {where}"
+          f"{f' ({skipped} already graded: --force to redo)' if skipped else ''}"
           f"{'' if options.sandboxed else ', WITHOUT the sandbox'}")
-    with ThreadPoolExecutor(max_workers=options.workers) as pool, \
-            tqdm(total=len(todo), unit="notebook", desc="autograding", file=sys.stderr,
-                 disable=not todo) as bar:
-        futures = {pool.submit(autograde_one, course, sub, options): sub for sub in todo}
-        for future in as_completed(futures):
-            sub = futures[future]
-            ok, log = future.result()
+    with tqdm(total=len(todo), unit="notebook", desc="autograding", file=sys.stderr, disable=not todo) as bar:
+        for sub, ok, log in autograded(course, todo, options):
             with (course / "nbgrader.log").open("a", encoding="utf-8") as f:
                 f.write(log)
             if ok:
@@ -334,6 +344,21 @@ def grade(submissions: Path | None, wanted: list[str], out: Path | None, options
     summary = report.summary(course, header, rows)
     print(f"feedback: {course / 'feedback'}\ngrades:   {course / 'grades.csv'}\nsummary:  {summary}")
     return 2 if problems else 0
+
+
+def autograded(course: Path, todo: list[intake.Submission],
+               options: Options) -> Iterator[tuple[intake.Submission, bool, str]]:
+    """Autograde the staged submissions, here with `options.workers` at once or on a Dask cluster; yields
+    (submission, graded, nbgrader's log) as each one finishes."""
+    if options.scheduler:
+        from autograder import cluster
+
+        yield from cluster.autograde(options.scheduler, course, todo, options)
+        return
+    with ThreadPoolExecutor(max_workers=options.workers) as pool:
+        futures = {pool.submit(autograde_one, course, sub, options): sub for sub in todo}
+        for future in as_completed(futures):
+            yield futures[future], *future.result()
 
 
 def write_record(course: Path, sub: intake.Submission, record: dict) -> None:
@@ -361,10 +386,19 @@ def feedback(course: Path, names: list[str]) -> None:
 
 
 def export(course: Path, names: list[str], path: Path | None = None) -> tuple[list[str], list[list[str]]]:
-    """Write the grades from DIR's gradebook to a CSV: one row per student and chapter; columns student,
+    """Write the grades from DIR's gradebook to a CSV (default DIR/grades.csv); returns its header and rows."""
+    course = grading_folder(course)
+    header, rows = gradebook_rows(course, names)
+    path = path or course / "grades.csv"
+    with path.open("w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([header, *rows])
+    return header, rows
+
+
+def gradebook_rows(course: Path, names: list[str]) -> tuple[list[str], list[list[str]]]:
+    """The grades in a grading folder's gradebook: one row per student and chapter; columns student,
     chapter, one per graded cell (chapter and notebook order; empty for other chapters' rows), total, max,
     flags (see `autograder.integrity`). Returns the header and rows."""
-    course = grading_folder(course)
     names = course_chapters(course, names)
     from nbgrader.api import Gradebook, MissingEntry  # a slow import (sqlalchemy): only once the input is fine
 
@@ -386,10 +420,35 @@ def export(course: Path, names: list[str], path: Path | None = None) -> tuple[li
                              *(number(scores[c]) if c in cells[chapter] else "" for c in columns),
                              number(submission.score), number(assignment.max_score), " ".join(flags)])
     rows.sort(key=lambda row: (row[0], row[1]))
-    path = path or course / "grades.csv"
-    with path.open("w", newline="", encoding="utf-8") as f:
-        csv.writer(f).writerows([header, *rows])
     return header, rows
+
+
+def lms_export(course: Path, names: list[str], fmt: str, roster: Path, identifier: str, path: Path | None) -> int:
+    """Write DIR's grades as the LMS `fmt` imports them (see `autograder.lms`); exit code 2 when a student is
+    missing from the roster or a roster student has no submission (each reported)."""
+    from autograder import lms
+
+    course = grading_folder(course)
+    try:
+        people = lms.read_roster(roster)
+        header, rows = gradebook_rows(course, names)
+        scores = lms.totals(header, rows)
+        chapters_ = course_chapters(course, names)
+        lms_header, lms_rows, problems = lms.lms_table(fmt, people, chapters_, scores, identifier)
+    except lms.RosterProblem as problem:
+        raise Problem(str(problem)) from None
+    path = path or course / f"{fmt}.csv"
+    lms.write(path, lms_header, lms_rows)
+    strays = lms.unmatched(people, scores)
+    if strays:
+        stray_path = path.with_suffix(".unmatched.csv")
+        lms.write(stray_path, header, [row for row in rows if row[0] in strays])
+        problems.append(f"{len(strays)} graded student{'s' * (len(strays) != 1)} not on the roster "
+                        f"({', '.join(strays)}): their grades are in {stray_path}, not in the import file")
+    for line in problems:
+        print(f"warning: {line}", file=sys.stderr)
+    print(f"{fmt}: {path} ({len(lms_rows)} students, {len(chapters_)} chapter{'s' * (len(chapters_) != 1)})")
+    return 2 if problems else 0
 
 
 def number(x: float) -> str:
@@ -419,6 +478,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--chapter", action="append", default=[], help="chapter to grade (repeat; default: all found)")
     g.add_argument("--out", type=Path, help="grading folder (default: a new temporary folder, printed)")
     g.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="notebooks graded at once (default: cores)")
+    g.add_argument("--scheduler", metavar="tcp://HOST:8786",
+                   help="grade on the workers of this Dask cluster instead of here (see the README)")
     g.add_argument("--student", action="append", default=[], help="grade only this student (repeat)")
     g.add_argument("--force", action="store_true", help="grade again what an earlier run in --out graded")
     g.add_argument("--no-sandbox", action="store_true", help="run learners' code without bubblewrap (not advised)")
@@ -433,7 +494,12 @@ def parser() -> argparse.ArgumentParser:
         c.add_argument("dir", type=Path)
         c.add_argument("--chapter", action="append", default=[], help="chapter (repeat; default: all graded)")
         if name == "export":
-            c.add_argument("--csv", type=Path, help="where to write (default: DIR/grades.csv)")
+            c.add_argument("--csv", type=Path, help="where to write (default: DIR/grades.csv, DIR/FORMAT.csv)")
+            c.add_argument("--format", choices=["nbgrader", "canvas", "moodle"], default="nbgrader",
+                           help="nbgrader's CSV (default), or the grade import CSV of Canvas or Moodle")
+            c.add_argument("--roster", type=Path, help="for canvas/moodle: a CSV mapping LMS identities to students")
+            c.add_argument("--identifier", default="Email address",
+                           help="for moodle: the roster column Moodle identifies users by (default: Email address)")
     return p
 
 
@@ -462,10 +528,15 @@ def main(argv: list[str] | None = None) -> int:
             options = Options(workers=args.workers, force=args.force, students=tuple(args.student),
                               sandboxed=not args.no_sandbox, cell_timeout=args.cell_timeout,
                               notebook_timeout=args.notebook_timeout,
-                              limits=sandbox.Limits(memory_bytes=int(args.memory * 1024**3)), due=parse_due(args.due))
+                              limits=sandbox.Limits(memory_bytes=int(args.memory * 1024**3)),
+                              scheduler=args.scheduler, due=parse_due(args.due))
             return grade(args.submissions, args.chapter, args.out, options)
         elif args.command == "feedback":
             feedback(args.dir, args.chapter)
+        elif args.format != "nbgrader":
+            if args.roster is None:
+                raise Problem(f"--format {args.format} needs --roster ROSTER.csv (see the README)")
+            return lms_export(args.dir, args.chapter, args.format, args.roster, args.identifier, args.csv)
         else:
             print_table(*export(args.dir, args.chapter, args.csv))
             print(f"grades: {args.csv or args.dir.resolve() / 'grades.csv'}")

@@ -2,8 +2,8 @@
 experiments that need an unfinished exercise run with vitlab's reference (check.use), saying so.
 
 nbclient stops at the first error, as JupyterLab's Run All does. 01 is run in the real browser
-(tests/test_browser.py); 04 is the chapter whose experiments (training, attention maps, ViT versus CNN) come
-after its exercises.
+(tests/test_browser.py); 04, 08 and 09 are the chapters whose experiments (training, attention maps, the
+segmenter, CLIP's retrieval) come after their exercises and use the learner's code.
 """
 from pathlib import Path
 
@@ -14,7 +14,7 @@ from nbclient import NotebookClient
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("chapter", ["04_vit"])
+@pytest.mark.parametrize("chapter", ["04_vit", "08_segmentation", "09_clip"])
 def test_run_all_on_the_learner_copy_reaches_the_last_cell(chapter, monkeypatch):
     monkeypatch.setenv("VITLAB_PROFILE", "grade")
     monkeypatch.delenv("NBGRADER_EXECUTION", raising=False)
