@@ -212,9 +212,10 @@ def late(course: Path, sub: intake.Submission, due: datetime | None) -> list[str
 
 def kernel_threads(workers: int) -> dict[str, str]:
     """The kernel's OMP_NUM_THREADS: this machine's cores shared among the notebooks graded at once (torch's
-    default, a thread per core in every kernel, oversubscribes the cores), unless the environment sets it."""
+    default, a thread per core in every kernel, oversubscribes the cores), unless the environment sets it. Given
+    to the sandboxed kernel explicitly: its environment is a fixed set."""
     if "OMP_NUM_THREADS" in os.environ:
-        return {}
+        return {"OMP_NUM_THREADS": os.environ["OMP_NUM_THREADS"]}
     return {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // workers))}
 
 
@@ -227,7 +228,7 @@ def autograde_one(course: Path, sub: intake.Submission, options: Options) -> tup
     env = kernel_threads(options.workers)
     if options.sandboxed:
         with sandbox.kernel_uid() as uid:
-            settings = sandbox.prepare(course, sub.student, sub.chapter, uid, options.limits)
+            settings = sandbox.prepare(course, sub.student, sub.chapter, uid, options.limits, kernel_env=env)
             args += [f"{k}={v}" for k, v in settings.items() if k.startswith("--")]
             env.update({k: v for k, v in settings.items() if not k.startswith("--")})
             done = nbgrader(course, *args, env=env)
@@ -307,7 +308,12 @@ def grade(submissions: Path | None, wanted: list[str], out: Path | None, options
         record = read_record(course, sub.student, sub.chapter)
         if not options.force and record.get("fingerprint") == digest and record.get("graded"):
             continue  # graded by an earlier run and not resubmitted since
-        flags, first, what = stage(course, sub)
+        try:
+            flags, first, what = stage(course, sub)
+        except Exception as exc:  # noqa: BLE001 - one notebook's problem is its student's, not the whole run's
+            problems.append(f"student {sub.student}: {sub.notebook.name} could not be staged ({type(exc).__name__})")
+            print(f"error: {problems[-1]}", file=sys.stderr)
+            continue
         flags += late(course, sub, options.due)
         flags_of[sub.student, sub.chapter] = flags
         tampers[sub.student, sub.chapter] = (first, what)
@@ -335,8 +341,15 @@ def grade(submissions: Path | None, wanted: list[str], out: Path | None, options
     graded_chapters = sorted({s.chapter for s in found})
     for chapter in graded_chapters:
         if not nbgrader_logged(course, "generate_feedback", chapter, "--force"):
-            problems.append(f"nbgrader generate_feedback {chapter} failed (see {course / 'nbgrader.log'})")
-            print(f"error: {problems[-1]}", file=sys.stderr)
+            # nbgrader goes on past a notebook it cannot render: name the students left without a page
+            missing = [s.student for s in found if s.chapter == chapter and
+                       (course / "autograded" / s.student / chapter / f"{chapter}.ipynb").exists() and
+                       not (course / "feedback" / s.student / chapter / f"{chapter}.html").exists()]
+            problems += [f"student {student}: no feedback page for {chapter} (see {course / 'nbgrader.log'})"
+                         for student in missing] or [f"nbgrader generate_feedback {chapter} failed "
+                                                     f"(see {course / 'nbgrader.log'})"]
+            for line in problems[-max(1, len(missing)):]:
+                print(f"error: {line}", file=sys.stderr)
         report.flag_feedback(course, chapter, {s.student: read_record(course, s.student, chapter).get("flags", [])
                                                 for s in found if s.chapter == chapter})
     header, rows = export(course, graded_chapters, course / "grades.csv")

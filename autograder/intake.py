@@ -11,7 +11,9 @@ one whose graded cells it holds. Whatever cannot be graded becomes one line nami
 """
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
 import shutil
 import stat
@@ -63,6 +65,8 @@ def safe_extract(archive: Path, dest: Path) -> str | None:
     Refused: members with absolute paths or `..`, links, more than MAX_ZIP_FILES members, more than
     MAX_ZIP_BYTES uncompressed, and anything that is not a zip.
     """
+    if archive.is_symlink() or not archive.is_file():
+        return f"{archive.name} is not a regular file: only regular files are unpacked"
     try:
         with zipfile.ZipFile(archive) as zf:
             members = zf.infolist()
@@ -95,22 +99,74 @@ def grade_ids(nb: dict) -> set[str]:
             if isinstance(c, dict) and c.get("metadata", {}).get("nbgrader", {}).get("grade_id")}
 
 
+def read_regular(path: Path, limit: int) -> bytes:
+    """The bytes of a regular file, opened without following a link or waiting on a FIFO; ValueError when
+    it is not a regular file or holds more than `limit` bytes."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError("is not a regular file")
+        if info.st_size > limit:
+            raise ValueError(f"is {info.st_size / 1e6:.1f} MB (at most {limit / 1e6:.1f} MB)")
+        return f.read(limit + 1)[:limit]
+
+
 def read_notebook(path: Path) -> tuple[dict | None, str | None]:
     """(the notebook as JSON, None), or (None, why it cannot be graded)."""
-    size = path.stat().st_size
-    if size > MAX_NOTEBOOK_BYTES:
-        return None, f"{path.name} is {size / 1e6:.1f} MB (at most {MAX_NOTEBOOK_BYTES / 1e6:.1f} MB)"
-    if size == 0:
+    try:
+        data = read_regular(path, MAX_NOTEBOOK_BYTES)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return None, f"{path.name} is a link: only regular files are graded"
+        return None, f"{path.name} cannot be read ({exc.strerror or exc})"
+    except ValueError as exc:
+        return None, f"{path.name} {exc}"
+    if not data:
         return None, f"{path.name} is an empty file"
     try:
-        nb = json.loads(path.read_bytes())
+        nb = json.loads(data)
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
         return None, f"{path.name} is not JSON ({exc})"
+    except RecursionError:
+        return None, f"{path.name} is JSON nested too deeply to be a notebook"
     if not isinstance(nb, dict) or not isinstance(nb.get("cells"), list):
         return None, f"{path.name} is JSON but not a notebook (it has no cells)"
     if not nb["cells"]:
         return None, f"{path.name} is a notebook with no cells"
-    return nb, None
+    why = malformed(nb)
+    return (None, f"{path.name} is not a well-formed notebook: {why}") if why else (nb, None)
+
+
+def malformed(nb: dict) -> str | None:
+    """What in the notebook the grader cannot use as it is (the first thing found), or None.
+
+    Checked: every cell is an object with a known cell_type, a source of text, object metadata (nbgrader's
+    too, with a text grade_id) and attachments of {name: {mime type: text}}; all text is valid Unicode.
+    """
+    for number, cell in enumerate(nb["cells"], 1):
+        where = f"cell {number}"
+        if not isinstance(cell, dict):
+            return f"{where} is not an object"
+        if cell.get("cell_type") not in ("code", "markdown", "raw"):
+            return f"{where} has cell_type {str(cell.get('cell_type'))[:40]!r}"
+        source = cell.get("source", "")
+        if not isinstance(source, str) and not (isinstance(source, list) and all(isinstance(s, str) for s in source)):
+            return f"{where} has a source that is not text"
+        metadata = cell.get("metadata", {})
+        if not isinstance(metadata, dict) or not isinstance(metadata.get("nbgrader", {}), dict):
+            return f"{where} has metadata that is not an object"
+        if not isinstance(metadata.get("nbgrader", {}).get("grade_id", ""), str):
+            return f"{where} has a grade_id that is not text"
+        attachments = cell.get("attachments", {})
+        if not isinstance(attachments, dict) or not all(
+                isinstance(a, dict) and all(isinstance(v, str) for v in a.values()) for a in attachments.values()):
+            return f"{where} has attachments that are not {{name: {{mime type: data}}}}"
+    try:
+        json.dumps(nb, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return "it holds text that is not valid Unicode (a lone surrogate such as \\ud800)"
+    return None
 
 
 def chapter_of(nb: dict, path: Path, chapters: dict[str, set[str]]) -> str | None:
@@ -136,7 +192,7 @@ def gather(submissions: Path, staging: Path, chapters: dict[str, set[str]]
     problems: list[str] = []
 
     def notebooks(folder: Path) -> list[Path]:
-        return sorted(p for p in folder.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts and p.is_file())
+        return sorted(p for p in folder.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts and not p.is_dir())
 
     def unpack(archive: Path, student: str | None, depth: int) -> None:
         inner = staging / f"{len(list(staging.glob('*')))}-{archive.stem}"
@@ -152,7 +208,7 @@ def gather(submissions: Path, staging: Path, chapters: dict[str, set[str]]
         for entry in sorted(folder.iterdir()):
             if entry.name.startswith((".", "__MACOSX")):
                 continue
-            if entry.is_dir():
+            if entry.is_dir() and not entry.is_symlink():
                 student = lms_student(entry.name) or entry.name
                 found.setdefault(student, []).extend(notebooks(entry))
                 for archive in sorted(entry.rglob("*.zip")):

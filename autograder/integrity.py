@@ -72,6 +72,8 @@ def restore(submitted: dict, release: nbformat.NotebookNode) -> tuple[nbformat.N
             flags.append(f"deleted:{grade_id}")
         elif grade_id and meta(cell).get("solution"):
             cell.source = source_of(mine)
+            if cell.cell_type == "markdown" and mine.get("attachments"):
+                cell.attachments = copy.deepcopy(mine["attachments"])
         elif grade_id and source_of(mine).strip() != cell.source.strip():
             flags.append(f"edited:{grade_id}")
         out.cells.append(cell)
@@ -83,7 +85,10 @@ def own_cell(cell: dict) -> nbformat.NotebookNode:
     """A cell the learner added, as a clean code or markdown cell (outputs are dropped: they are re-made)."""
     if cell.get("cell_type") == "code":
         return nbformat.v4.new_code_cell(source_of(cell))
-    return nbformat.v4.new_markdown_cell(source_of(cell))
+    own = nbformat.v4.new_markdown_cell(source_of(cell))
+    if cell.get("attachments"):  # a pasted picture
+        own.attachments = copy.deepcopy(cell["attachments"])
+    return own
 
 
 def source_of(cell: dict) -> str:
@@ -100,6 +105,62 @@ def _root_name(node: ast.AST) -> str | None:
 def _python(source: str) -> str:
     """Cell source without IPython's magics and shell escapes, which are not Python."""
     return "\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in source.splitlines())
+
+
+# What a learner's code has no reason to touch, and what reaches the grading machinery through it: IPython's
+# transformers and hooks, torch's override protocols and modes, a function's insides, other threads, the
+# interpreter's frames and objects, code run from text, and torch's back doors to its operators.
+SURFACES = {"input_transformers_cleanup", "input_transformers_post", "input_transformer_manager", "ast_transformers",
+            "shell_handlers", "showtraceback", "_showtraceback", "user_expressions", "user_ns", "user_global_ns",
+            "run_cell", "transform_cell", "get_ipython", "__torch_function__", "__torch_dispatch__", "TorchFunctionMode",
+            "TorchDispatchMode", "_python_dispatch", "_make_subclass", "as_subclass", "__code__", "__globals__",
+            "__closure__", "__wrapped__", "__builtins__", "__subclasses__", "__dict__", "_getframe", "f_back",
+            "f_globals", "f_locals", "get_referrers", "get_referents", "get_objects", "linecache", "ctypes", "threading",
+            "_thread", "concurrent", "multiprocessing", "setprofile", "settrace"}
+DYNAMIC = {"exec", "eval", "compile", "__import__", "breakpoint"}  # code run from text hides from this reading
+TORCH_BACK_DOORS = {"ops", "jit", "_C", "library", "overrides"}
+
+
+def surfaces_in(tree: ast.AST, modules: dict[str, str]) -> list[str]:
+    """The attack surfaces (see SURFACES) a learner's code names, as names, attributes, imports or strings."""
+    found = []
+    for node in ast.walk(tree):
+        names = []
+        if isinstance(node, ast.Name):
+            names = [node.id]
+        elif isinstance(node, ast.Attribute):
+            names = [node.attr]
+            root = modules.get(_root_name(node) or "", "")
+            if root.split(".")[0] == "torch" and node.attr in TORCH_BACK_DOORS and isinstance(node.value, ast.Name):
+                found.append(f"{ast.unparse(node)}")
+            if root.startswith("vitlab") and node.attr.startswith("_") and not node.attr.startswith("__"):
+                found.append(f"{ast.unparse(node)} (a private helper)")
+            if node.attr in ("register", "unregister") and isinstance(node.value, ast.Attribute) and \
+                    node.value.attr == "events":
+                found.append(ast.unparse(node))
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            module = getattr(node, "module", None) or ""
+            names = [*(a.name for a in node.names), *module.split(".")]
+            if module.startswith("vitlab"):
+                found += [f"{module}.{a.name} (a private helper)" for a in node.names
+                          if a.name.startswith("_") and not a.name.startswith("__")]
+            if module.split(".")[0] == "torch" or any(a.name.split(".")[0] == "torch" for a in node.names):
+                parts = {p for a in node.names for p in a.name.split(".")} | set(module.split("."))
+                found += [f"torch.{p}" for p in sorted(parts & TORCH_BACK_DOORS)]
+            names = [p for n in names for p in n.split(".")]
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            names = [node.name]
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            names = [node.value] if node.value in SURFACES else []
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in DYNAMIC:
+            found.append(f"{node.func.id}()")
+        elif isinstance(node, (ast.Assign, ast.AugAssign)):
+            for target in getattr(node, "targets", [getattr(node, "target", None)]):
+                if isinstance(target, ast.Subscript) and isinstance(target.value, ast.Call) and \
+                        isinstance(target.value.func, ast.Name) and target.value.func.id in ("vars", "globals"):
+                    found.append(ast.unparse(target).replace(" ", ""))
+        found += [name for name in names if name in SURFACES]
+    return list(dict.fromkeys(found))
 
 
 def tampering_in(source: str, modules: dict[str, str]) -> list[str]:
@@ -138,7 +199,7 @@ def tampering_in(source: str, modules: dict[str, str]) -> list[str]:
                 found.append(f"{name}({ast.unparse(node.args[0])})".replace(" ", ""))
             elif name.split(".")[-1] in ("setprofile", "settrace", "reload") and _root_name(node.func) in modules:
                 found.append(f"{name}()".replace(" ", ""))
-    return found
+    return list(dict.fromkeys(found + surfaces_in(tree, modules)))
 
 
 def tampering(nb: nbformat.NotebookNode) -> tuple[int | None, list[str]]:
@@ -192,7 +253,8 @@ FLAG_LINES = {
     "memory": "a cell ran out of its memory limit: {}",
     "calls-reference": "the answer calls the reference or the built-in it should replace: zero for {}",
     "tampering": "the notebook changes the checking code: zero for {}",
-    "patches": "the notebook's code changes vitlab, torch or builtins ({}): zero from that cell on",
+    "patches": "the notebook's code changes or reaches into the checking machinery, vitlab, torch or builtins "
+               "({}): zero from that cell on",
     "late": "handed in {} after the due date",
 }
 

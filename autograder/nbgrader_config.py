@@ -15,7 +15,7 @@ from nbconvert.preprocessors import ClearMetadataPreprocessor, CSSHTMLHeaderPrep
 from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, ClearHiddenTests, GetGrades, IgnorePattern,
                                     LimitOutput, SaveAutoGrades)
 
-from autograder.preprocessors import GuardedExecute, HideHiddenTestTracebacks
+from autograder.preprocessors import GuardedExecute, HideHiddenTestTracebacks, RedactHiddenTests
 
 ROOT = Path(__file__).resolve().parent.parent
 # The exchange (nbgrader release_assignment / fetch / submit / collect): on a JupyterHub the folder shared by
@@ -56,10 +56,17 @@ c.Autograde.autograde_preprocessors = [
 c.LimitOutput.max_lines = 300
 
 # Feedback shows scores and the learner's code, never the hidden tests: neither their code
-# (ClearHiddenTests) nor the traceback of an error they raised, which quotes that code.
+# (ClearHiddenTests), nor the traceback of an error they raised, which quotes that code, nor any output that
+# quotes them (RedactHiddenTests).
 c.GenerateFeedback.preprocessors = [
     GetGrades,
     CSSHTMLHeaderPreprocessor,
     HideHiddenTestTracebacks,
+    RedactHiddenTests,
     ClearHiddenTests,
 ]
+# The learner's markdown and HTML outputs are sanitised (no script, style or event handler) in the feedback
+# and the formgrader's HTML, with a tag list that keeps ordinary markdown (nbconvert's own escapes headings).
+c.HTMLExporter.sanitize_html = True
+c.HTMLExporter.filters = {"clean_html": "autograder.report.clean_html"}
+c.GenerateFeedback.exporter_class = "autograder.report.FeedbackExporter"

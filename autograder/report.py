@@ -9,7 +9,43 @@ import json
 import re
 from pathlib import Path
 
+import jinja2
+from nbconvert import HTMLExporter
+from nbconvert.filters.markdown_mistune import InvalidNotebook
+
 from autograder import integrity
+
+SAFE_TAGS = {"a", "abbr", "b", "blockquote", "br", "code", "dd", "del", "details", "div", "dl", "dt", "em", "h1", "h2",
+             "h3", "h4", "h5", "h6", "hr", "i", "img", "kbd", "li", "ol", "p", "pre", "s", "span", "strong", "sub",
+             "summary", "sup", "table", "tbody", "td", "th", "thead", "tr", "u", "ul"}
+SAFE_ATTRIBUTES = {"*": ["class", "title"], "a": ["href"], "img": ["src", "alt", "width", "height"],
+                   "td": ["colspan", "rowspan"], "th": ["colspan", "rowspan"]}
+
+
+def clean_html(element) -> str:
+    """The learner's HTML (markdown rendered, or an HTML output) with only harmless tags and attributes left:
+    no script, style, form, iframe or event handler; links and pictures by http(s) or an embedded picture."""
+    import bleach
+
+    text = element.decode() if isinstance(element, bytes) else str(element)
+    text = re.sub(r"<(script|style)\b.*?</\1\s*>", "", text, flags=re.S | re.I)
+    return bleach.clean(text, tags=SAFE_TAGS, attributes=SAFE_ATTRIBUTES, protocols={"http", "https", "mailto", "data"},
+                        strip=True)
+
+
+class FeedbackExporter(HTMLExporter):
+    """The feedback page's exporter, with the learner's markdown cleaned (`clean_html`): nbgrader's feedback
+    template renders markdown without nbconvert's `sanitize_html`, which cleans only the outputs. A picture
+    whose attachment is missing becomes a note instead of costing the learner the whole page."""
+
+    @jinja2.pass_context
+    def markdown2html(self, context, source: str) -> str:
+        try:
+            return clean_html(super().markdown2html(context, source))
+        except InvalidNotebook:  # a picture whose attachment is missing (a cell copied without it)
+            source = re.sub(r"!\[([^\]]*)\]\(attachment:[^)]*\)", r"[missing picture: \1]", source)
+            return clean_html(super().markdown2html(context, source))
+
 
 BANNER_STYLE = ("border:2px solid #c0392b;background:#fdecea;padding:0.6em 1em;margin:1em 0;"
                 "font-family:sans-serif")

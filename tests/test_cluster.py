@@ -144,4 +144,12 @@ def test_kernels_share_the_cores_among_the_notebooks_graded_at_once(monkeypatch)
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
     assert [cli.kernel_threads(w) for w in (1, 2, 3, 8, 16)] == [{"OMP_NUM_THREADS": t} for t in "84211"]
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    assert cli.kernel_threads(2) == {}  # the instructor's (or the worker's) own setting wins
+    assert cli.kernel_threads(2) == {"OMP_NUM_THREADS": "3"}  # the instructor's (or the worker's) own setting wins
+
+
+def test_the_sandboxed_kernel_gets_its_thread_count_through_the_fixed_environment(tmp_path):
+    from autograder import sandbox
+
+    argv = sandbox.bwrap_argv(tmp_path, tmp_path, tmp_path, sandbox.Limits(), None, {"OMP_NUM_THREADS": "1"})
+    settings = argv[argv.index("--clearenv"):]
+    assert ["--setenv", "OMP_NUM_THREADS", "1"] in [settings[i:i + 3] for i in range(len(settings))]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import stat
 import time
 import zipfile
@@ -96,6 +97,17 @@ def test_intake_reports_each_bad_input_on_one_line(tmp_path, notebooks, chapters
         info.external_attr = (stat.S_IFLNK | 0o777) << 16
         zf.writestr(info, "/etc/passwd")
     (subs / "broken.zip").write_bytes(b"PK not really")
+    # cells the grader could not use, and files that are not regular files
+    listed = json.loads(nbformat.writes(release))
+    listed["cells"][0]["metadata"] = []
+    write(subs / "listmeta" / "01_attention.ipynb", json.dumps(listed))
+    write(subs / "surrogate" / "01_attention.ipynb", nbformat.writes(release).replace('"cells": [', '"cells": [{"cell_type": "markdown", "metadata": {}, "source": "\\ud800"}, ', 1))
+    write(subs / "deep" / "01_attention.ipynb", '{"cells": [' + "[" * 5000 + "]" * 5000 + "]}")
+    write(subs / "badgrade" / "01_attention.ipynb", nbformat.writes(release).replace('"grade_id": "setup"', '"grade_id": 7', 1))
+    (subs / "linked").mkdir()
+    (subs / "linked" / "01_attention.ipynb").symlink_to(write(tmp_path / "elsewhere.ipynb", release))
+    (subs / "fifo").mkdir()
+    os.mkfifo(subs / "fifo" / "01_attention.ipynb")
     monkeypatch.setattr(intake, "MAX_NOTEBOOK_BYTES", len(nbformat.writes(release)) + 1000)
     found, problems = intake.intake(subs, tmp_path / "staging", chapters, [CHAPTER])
     assert found == []
@@ -107,6 +119,9 @@ def test_intake_reports_each_bad_input_on_one_line(tmp_path, notebooks, chapters
         "huge": "MB (at most", "nothing": "no notebook", "'bad id!'": "not usable as a student id",
         "mallory": "mallory.zip has a path outside its folder (../../evil.ipynb): refused",
         "linker": "linker.zip holds a link", "broken": "broken.zip is not a readable zip",
+        "listmeta": "cell 1 has metadata that is not an object", "surrogate": "not valid Unicode",
+        "deep": "nested too deeply", "badgrade": "grade_id that is not text",
+        "linked": "01_attention.ipynb is a link", "fifo": "01_attention.ipynb is not a regular file",
     }
     assert len(problems) == len(expected), "\n".join(problems)
     for student, message in expected.items():
@@ -154,9 +169,9 @@ def test_restore_flags_moved_cells_and_leaves_a_clean_submission_alone(notebooks
     ("import torch\ntorch.allclose = lambda *a, **k: True", ["torch.allclose"]),
     ("import torch as T\nT.Tensor.softmax = None", ["T.Tensor.softmax"]),
     ("import builtins\nbuiltins.print = len", ["builtins.print"]),
-    ("__builtins__.isinstance = lambda *a: True", ["__builtins__.isinstance"]),
+    ("__builtins__.isinstance = lambda *a: True", ["__builtins__.isinstance", "__builtins__"]),
     ("import sys\nsys.modules['vitlab.check'] = None", ["sys.modules['vitlab.check']"]),
-    ("import sys\nsys.setprofile(None)", ["sys.setprofile()"]),
+    ("import sys\nsys.setprofile(None)", ["sys.setprofile()", "setprofile"]),
     ("import torch\nsetattr(torch, 'equal', lambda *a: True)", ["setattr(torch)"]),
     ("%time x = 1\nimport math\nmath.sqrt = abs", ["math.sqrt"]),
     ("import torch\nx = torch.ones(3)\nx[0] = 2\nmodel.weight = None", []),
@@ -166,6 +181,36 @@ def test_restore_flags_moved_cells_and_leaves_a_clean_submission_alone(notebooks
 ])
 def test_tampering_is_read_from_the_code(code, found):
     assert integrity.tampering_in(code, {}) == found
+
+
+@pytest.mark.parametrize("code, found", [
+    ("get_ipython().input_transformers_cleanup.append(f)", ["get_ipython", "input_transformers_cleanup"]),
+    ("ip.events.register('pre_run_cell', echo)", ["ip.events.register"]),
+    ("getattr(ip, 'ast_transformers').append(t)", ["ast_transformers"]),
+    ("class T(torch.Tensor):\n    @classmethod\n    def __torch_function__(cls, f, t, a=(), k=None):\n        return True",
+     ["__torch_function__"]),
+    ("from torch.overrides import TorchFunctionMode\nTorchFunctionMode().__enter__()",
+     ["torch.overrides", "TorchFunctionMode"]),
+    ("import vitlab.check as c\nvars(c)['_difference'] = lambda *a: None", ["vars(c)['_difference']"]),
+    ("check_attention.sdpa.__code__ = (lambda *a, **k: None).__code__", ["check_attention.sdpa.__code__", "__code__"]),
+    ("out = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v)", ["torch.ops"]),
+    ("f = torch.jit.script(g)", ["torch.jit"]),
+    ("from vitlab import attention\nout = attention._fused_attention(q, k, v, None, False, 0.0)",
+     ["attention._fused_attention (a private helper)"]),
+    ("from vitlab.attention import _masked_softmax", ["vitlab.attention._masked_softmax (a private helper)"]),
+    ("import threading\nthreading.Thread(target=f).start()", ["threading"]),
+    ("exec(bytes.fromhex('...').decode())", ["exec()"]),
+    ("model.eval()\nscores = q @ k.transpose(-2, -1)", []),  # an honest method called eval is fine
+])
+def test_attack_surfaces_are_read_from_the_code(code, found):
+    modules = {"torch": "torch", "check_attention": "vitlab.check_attention"}
+    assert sorted(integrity.tampering_in(code, modules)) == sorted(found)
+
+
+def test_no_solution_of_any_chapter_touches_an_attack_surface(repo):
+    for path in sorted(repo.glob("solutions/*/*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        assert integrity.tampering(nb) == (None, []), path.name
 
 
 def test_tampering_counts_only_learner_cells_and_knows_earlier_imports(notebooks):
@@ -217,3 +262,15 @@ def test_the_notebook_budget_stops_the_remaining_cells():
     assert time.monotonic() - start < 40
     assert "CellTimeoutError" in errors(nb.cells[0])
     assert errors(nb.cells[1]) == ["NotebookTimeout"] and "never" not in text(nb.cells[1])
+
+
+def test_replays_after_a_dead_kernel_count_against_the_notebook_budget(tmp_path):
+    """Cells that sleep only when replayed (after the kernel died) cannot stretch the notebook's time: each
+    replay gets what is left of the budget, not the time left when the crash happened."""
+    sleepers = [f"import os, time\nif os.path.exists({str(tmp_path / str(i))!r}):\n    time.sleep(60)\n"
+                f"open({str(tmp_path / str(i))!r}, 'w')" for i in range(3)]
+    start = time.monotonic()
+    nb = run_guarded([*sleepers, "import os\nos._exit(1)", "print('after')"], timeout=60, notebook_timeout=12)
+    assert time.monotonic() - start < 30  # each of the three replays took the 12 s again before
+    assert "KernelDied" in errors(nb.cells[3])
+    assert errors(nb.cells[4]) == ["NotebookTimeout"]

@@ -11,6 +11,7 @@ import csv
 import json
 import socket
 import subprocess
+import sys
 import threading
 import uuid
 import zipfile
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from grading import chapter_notebooks, executed, html_text, learner_submission
+from grading import assert_no_hidden_code, chapter_notebooks, executed, html_text, learner_submission
 
 from autograder import integrity, sandbox
 
@@ -37,6 +38,12 @@ def after(nb, index_of, source):
     """The notebook with a learner's own code cell added after the cell `index_of(nb)` points at."""
     nb = copy.deepcopy(nb)
     nb.cells.insert(index_of(nb) + 1, new_cell(source))
+    return nb
+
+
+def inserted(nb, index_of, cell):
+    nb = copy.deepcopy(nb)
+    nb.cells.insert(index_of(nb) + 1, copy.deepcopy(cell))
     return nb
 
 
@@ -94,6 +101,55 @@ try:
     print("CONNECTED")
 except OSError as exc:
     print("no network:", type(exc).__name__)"""
+
+
+# learner code that attacks the scoring itself; each is also read by the static scan (`patches:`), and the
+# kernel's guard must catch it at run time as well (`tampering:`)
+TRANSFORMER = """ip = get_ipython()
+ip.input_transformers_cleanup.append(lambda lines: ["pass\\n"] if any("HIDDEN" in l for l in lines) else lines)"""
+MODE = """from torch.overrides import TorchFunctionMode
+class Agree(TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in (torch.allclose, torch.equal):
+            return True
+        return func(*args, **(kwargs or {}))
+Agree().__enter__()"""
+SWAP = """import functools
+from vitlab import check
+vars(check)["_difference"] = functools.partial(lambda *a, **k: None)
+check_attention.check_function.__code__ = (lambda *a, **k: None).__code__"""
+ECHO = """get_ipython().events.register("pre_run_cell", lambda info: print("SEEN", info.raw_cell))"""
+PARTIAL = ("scaled_dot_product_attention", "    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])",
+           "    import functools\n    return functools.partial(F.scaled_dot_product_attention, attn_mask=mask)(q, k, v, is_causal=causal)")
+HISTORY = 'print("HISTORY", In, _ih)\nimport sys\nprint("MODULES", [m for m in sys.modules if "solution" in m])'
+# an honest learner's pasted picture, and markdown that tries to script or restyle the feedback page
+PICTURE = nbformat.v4.new_markdown_cell("My sketch: ![sketch](attachment:sketch.png)\n\n<script>document.title='PWNED'</script>"
+                                        "<style>#vitlab-flags{display:none}</style>", id="pasted01")
+PICTURE.source += "\n\nCopied from elsewhere: ![lost](attachment:lost.png)"
+PICTURE.attachments = {"sketch.png": {"image/png": "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="}}
+
+
+def scratch_attacks(home: Path) -> str:
+    """Leave links to the grader's files, a FIFO and a flood in the scratch folder and /tmp; look for the host."""
+    return f"""import os
+for name, target in [("bashrc", {str(home / ".bashrc")!r}), ("gradebook", "../../../gradebook.db"),
+                     ("solutions", "../../../solutions")]:
+    os.symlink(target, name)
+os.mkfifo("pipe.ipynb")
+try:  # files under the size limit each, more than the tmpfs holds together
+    for i in range(8):
+        with open(f"/tmp/fill{{i}}", "wb") as f:
+            for _ in range(4):
+                f.write(bytes(32 * 1024**2))
+    print("FILLED /tmp")
+except OSError as exc:
+    print("tmp is bounded:", type(exc).__name__, exc.errno)
+for i in range(8):
+    if os.path.exists(f"/tmp/fill{{i}}"):
+        os.remove(f"/tmp/fill{{i}}")
+print("ENV", sorted(os.environ))
+print("ROOT", sorted(os.listdir("/")))
+print("WORK", sorted(os.listdir("/work")) if os.path.isdir("/work") else [])"""
 
 
 def edit_cell(grade_id, source):
@@ -162,6 +218,17 @@ def cases(repo: Path, port: int) -> dict:
         "cheat": ([CALLS_BUILTIN], None, FULL - 3, ["calls-reference:sdpa-graded"]),
         "crasher": ([], lambda nb: after(nb, graded("sdpa-graded"), "import os\nos._exit(3)"), FULL,
                     ["kernel-died:"]),
+        # nothing implemented (the release as it is), full marks forged four ways at once: zero, flagged by the
+        # reading of the code and by the kernel's guard (test_the_guard_names_every_forgery)
+        "forger": (None, lambda nb: after(nb, setup_cell, "\n".join([TRANSFORMER, MODE, SWAP, ECHO])), 0,
+                   ["patches:", "tampering:sdpa-graded"]),
+        # the built-in through functools.partial: the reference guard sees it at torch's level
+        "partial": ([PARTIAL], None, FULL - 3, ["calls-reference:sdpa-graded"]),
+        # an honest learner who prints the kernel's history, pastes a picture and writes HTML in markdown
+        "historian": ([], lambda nb: after(nb, graded("linear-causal-graded"), HISTORY), FULL, []),
+        "pasted": ([], lambda nb: inserted(nb, setup_cell, PICTURE), FULL, []),
+        # links to the grader's files, a FIFO and a flood in the kernel's writable places
+        "linker": ([], lambda nb: after(nb, setup_cell, scratch_attacks(Path.home())), FULL, []),
     }
 
 
@@ -172,11 +239,15 @@ def batch(repo, tmp_path_factory, autograder, listener):
     subs = tmp_path_factory.mktemp("redteam")
     expected = cases(repo, port)
     for student, (mistakes, change, _, _) in expected.items():
-        nb = learner_submission(release, solution, mistakes)
+        nb = copy.deepcopy(release) if mistakes is None else learner_submission(release, solution, mistakes)
         (subs / student).mkdir()
         nbformat.write(change(nb) if change else nb, subs / student / f"{CHAPTER}.ipynb")
     (subs / "garbled").mkdir()
     (subs / "garbled" / f"{CHAPTER}.ipynb").write_text('{"cells": [', encoding="utf-8")
+    (subs / "listmeta").mkdir()  # a cell whose metadata is a list: reported by name, the others graded
+    broken = json.loads(nbformat.writes(learner_submission(release, solution, [])))
+    broken["cells"][0]["metadata"] = []
+    (subs / "listmeta" / f"{CHAPTER}.ipynb").write_text(json.dumps(broken), encoding="utf-8")
     with zipfile.ZipFile(subs / "mallory.zip", "w") as zf:
         zf.writestr("../../evil.ipynb", json.dumps(nbformat.v4.new_notebook()))
         zf.writestr(f"mallory/{CHAPTER}.ipynb", nbformat.writes(learner_submission(release, solution, [])))
@@ -193,6 +264,7 @@ def test_the_batch_completes_and_reports_the_broken_inputs(batch):
     assert done.returncode == 2, done.stdout + done.stderr
     assert "error: student garbled:" in done.stderr and "is not JSON" in done.stderr
     assert "error: student mallory: mallory.zip has a path outside its folder (../../evil.ipynb)" in done.stderr
+    assert "error: student listmeta: 01_attention.ipynb is not a well-formed notebook: cell 1 has metadata" in done.stderr
     assert "Traceback" not in done.stderr
     assert sorted(grades) == sorted(expected)
 
@@ -245,8 +317,11 @@ def test_a_fork_bomb_hits_the_process_limit_and_leaves_nothing_behind(batch):
     text = outputs_of(out, "forkbomb")
     assert "fork refused after" in text, text
     assert int(text.split("fork refused after ")[1].split()[0]) < sandbox.Limits().processes
-    uids = subprocess.run(["ps", "-eo", "uid="], capture_output=True, text=True).stdout.split()
-    assert not [u for u in uids if sandbox.UID_BASE <= int(u) < sandbox.UID_BASE + sandbox.UID_COUNT]
+    # this checkout's kernels only: other gradings on the machine hold sandbox uids of their own meanwhile
+    rows = subprocess.run(["ps", "-eo", "uid=,args="], capture_output=True, text=True).stdout.splitlines()
+    left = [row for row in rows if sandbox.UID_BASE <= int(row.split()[0]) < sandbox.UID_BASE + sandbox.UID_COUNT
+            and sys.prefix in row]
+    assert not left, left
 
 
 def test_the_gradebook_is_intact(batch):
@@ -257,3 +332,49 @@ def test_the_gradebook_is_intact(batch):
         assert sorted(s.id for s in gb.students) == sorted(expected)
         assert gb.find_assignment(CHAPTER).max_score == FULL
     assert float(grades["honest"]["total"]) == FULL
+
+
+def test_hidden_tests_reach_no_feedback_however_the_kernel_saw_them(batch, repo):
+    _, out, _, _, _ = batch
+    _, solution = chapter_notebooks(repo, CHAPTER)
+    assert "HISTORY" in outputs_of(out, "historian")  # the learner's own print ran
+    assert_no_hidden_code(out, CHAPTER, solution, len(cases(Path("."), 0)))
+    for student in ("historian", "forger"):
+        text = html_text(out / "feedback" / student / CHAPTER / f"{CHAPTER}.html")
+        assert "graded=True" not in text and "verify_integrity" not in text, student
+
+
+def test_learner_html_is_sanitised_and_a_pasted_picture_kept(batch):
+    _, out, _, _, _ = batch
+    page = (out / "feedback" / "pasted" / CHAPTER / f"{CHAPTER}.html").read_text(encoding="utf-8")
+    assert "PWNED" not in page and "#vitlab-flags{display:none}" not in page
+    assert 'src="data:image/png;base64,iVBORw0KGgo' in page and "[missing picture: lost]" in page
+
+
+def test_the_scratch_folder_is_bounded_and_nothing_in_it_reaches_the_host(batch):
+    _, out, _, _, _ = batch
+    text = outputs_of(out, "linker")
+    assert "tmp is bounded: OSError 28" in text and "FILLED" not in text, text  # ENOSPC
+    env = eval(text.split("ENV ")[1].splitlines()[0])
+    assert set(env) <= {"HOME", "LANG", "MPLCONFIGDIR", "PYTHONNOUSERSITE", "NBGRADER_EXECUTION", "PATH", "PWD",
+                        "VITLAB_DATA", "JPY_SESSION_NAME", "PYDEVD_USE_FRAME_EVAL", "MPLBACKEND", "CLICOLOR",
+                        "FORCE_COLOR", "TERM", "PAGER", "GIT_PAGER", "CLICOLOR_FORCE", "SHLVL", "_"}, env
+    root = eval(text.split("ROOT ")[1].splitlines()[0])
+    assert "home" not in root and "opt" not in root and "var" not in root, root
+    work = eval(text.split("WORK ")[1].splitlines()[0])
+    assert "main" not in work, work
+    for folder in (out / "autograded" / "linker", out / "feedback" / "linker"):
+        assert not [p for p in folder.rglob("*") if p.is_symlink() or not (p.is_file() or p.is_dir())], folder
+    assert not (out / "feedback" / "linker" / CHAPTER / "bashrc").exists()
+
+
+def test_the_guard_names_every_forgery(batch):
+    _, out, _, _, _ = batch
+    nb = executed(out, "forger", CHAPTER)
+    cell = nb.cells[graded("sdpa-graded")(nb)]
+    message = " ".join(o.evalue for o in cell.outputs if o.output_type == "error" and o.ename == "IntegrityError")
+    for undone in ("cleanup_transforms", "a TorchFunctionMode", "events.pre_run_cell", "vitlab.check._difference",
+                   "vitlab.check.check_function (its code or contents)"):
+        assert undone in message, (undone, message)
+    hidden = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade")]
+    assert not [c for c in hidden for o in c.outputs if "SEEN" in o.get("text", "")]  # the echo hook was gone
