@@ -4,6 +4,7 @@
     python -m autograder grade (SUBMISSIONS | --exchange) [--chapter NAME ...] [--out DIR]
                                [--workers N | --scheduler tcp://HOST:8786]
                                [--student ID ...] [--force] [--no-sandbox] [--cell-timeout S] [--notebook-timeout S]
+                               [--due TIME]
     python -m autograder feedback DIR [--chapter NAME ...]
     python -m autograder export DIR [--chapter NAME ...] [--csv PATH] [--format canvas|moodle --roster ROSTER.csv]
 
@@ -26,6 +27,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Iterator
 
@@ -130,6 +132,7 @@ class Options:
     cell_timeout: int = 60
     notebook_timeout: int = 900
     limits: sandbox.Limits = sandbox.Limits()
+    due: datetime | None = None  # UTC
     scheduler: str | None = None  # a Dask scheduler's address: grade on its workers (autograder.cluster)
 
 
@@ -194,6 +197,17 @@ def stage(course: Path, sub: intake.Submission) -> tuple[list[str], int | None, 
     nbformat.write(rebuilt, dest / f"{sub.chapter}.ipynb")
     first, found = integrity.tampering(rebuilt)
     return flags, first, found
+
+
+def late(course: Path, sub: intake.Submission, due: datetime | None) -> list[str]:
+    """["late:2h05m10s"] for a submission collected from the exchange whose time stamp is after `due`, else []."""
+    from nbgrader.utils import parse_utc
+
+    stamp = course / "collected" / sub.student / sub.chapter / "timestamp.txt"
+    if due is None or not stamp.exists():
+        return []
+    seconds = round((parse_utc(stamp.read_text(encoding="utf-8").strip()) - due).total_seconds())
+    return [f"late:{seconds // 3600}h{seconds // 60 % 60:02d}m{seconds % 60:02d}s"] if seconds > 0 else []
 
 
 def kernel_threads(workers: int) -> dict[str, str]:
@@ -300,6 +314,7 @@ def grade(submissions: Path | None, wanted: list[str], out: Path | None, options
             problems.append(f"student {sub.student}: {sub.notebook.name} could not be staged ({type(exc).__name__})")
             print(f"error: {problems[-1]}", file=sys.stderr)
             continue
+        flags += late(course, sub, options.due)
         flags_of[sub.student, sub.chapter] = flags
         tampers[sub.student, sub.chapter] = (first, what)
         write_record(course, sub, {"fingerprint": digest, "graded": False, "flags": flags})
@@ -483,6 +498,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--no-sandbox", action="store_true", help="run learners' code without bubblewrap (not advised)")
     g.add_argument("--cell-timeout", type=int, default=60, help="seconds per cell (default 60)")
     g.add_argument("--notebook-timeout", type=int, default=900, help="seconds per notebook (default 900)")
+    g.add_argument("--due", help="with --exchange: flag submissions handed in after this time as late, "
+                   "e.g. '2027-01-15 18:00 Europe/Paris' (default UTC)")
     g.add_argument("--memory", type=float, default=6, help="GiB of memory per kernel (default 6)")
     for name, help_ in (("feedback", "(re)generate feedback HTML in a grading folder"),
                         ("export", "(re)write the grades CSV from a grading folder's gradebook")):
@@ -499,6 +516,16 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse_due(text: str | None) -> datetime | None:
+    """--due as a UTC time."""
+    from nbgrader.utils import parse_utc
+
+    try:
+        return None if text is None else parse_utc(text)
+    except (ValueError, OverflowError) as e:
+        raise Problem(f"--due {text!r} is not a date and time: {e}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
@@ -507,13 +534,15 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "grade":
             if (args.submissions is None) == (not args.exchange):
                 raise Problem("give a SUBMISSIONS folder or --exchange (one of them)")
+            if args.due and not args.exchange:
+                raise Problem("--due needs --exchange: only nbgrader's exchange records when a notebook was handed in")
             if args.workers < 1:
                 raise Problem("--workers must be at least 1")
             options = Options(workers=args.workers, force=args.force, students=tuple(args.student),
                               sandboxed=not args.no_sandbox, cell_timeout=args.cell_timeout,
                               notebook_timeout=args.notebook_timeout,
                               limits=sandbox.Limits(memory_bytes=int(args.memory * 1024**3)),
-                              scheduler=args.scheduler)
+                              scheduler=args.scheduler, due=parse_due(args.due))
             return grade(args.submissions, args.chapter, args.out, options)
         elif args.command == "feedback":
             feedback(args.dir, args.chapter)

@@ -255,6 +255,7 @@ FLAG_LINES = {
     "tampering": "the notebook changes the checking code: zero for {}",
     "patches": "the notebook's code changes or reaches into the checking machinery, vitlab, torch or builtins "
                "({}): zero from that cell on",
+    "late": "handed in {} after the due date",
 }
 
 

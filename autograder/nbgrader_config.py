@@ -18,9 +18,11 @@ from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, Clea
 from autograder.preprocessors import GuardedExecute, HideHiddenTestTracebacks, RedactHiddenTests
 
 ROOT = Path(__file__).resolve().parent.parent
-# The exchange (nbgrader release_assignment / fetch / submit / collect) in the user's cache directory, not
-# in the repository; on a JupyterHub, point it at the shared exchange instead.
-EXCHANGE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vitlab" / "nbgrader-exchange"
+# The exchange (nbgrader release_assignment / fetch / submit / collect): on a JupyterHub the folder shared by
+# all users, which the hub gives every server as $VITLAB_EXCHANGE (deploy/jupyterhub); otherwise one in the
+# user's cache directory, not in the repository.
+EXCHANGE = Path(os.environ.get("VITLAB_EXCHANGE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+                / "vitlab" / "nbgrader-exchange")
 
 c = get_config()  # noqa: F821 - defined by traitlets when nbgrader loads this file
 

@@ -8,12 +8,13 @@ import os
 import shutil
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import nbformat
 import pytest
 from grading import chapter_notebooks, learner_submission
 
-from autograder import sandbox
+from autograder import cli, integrity, sandbox
 
 CHAPTER = "01_attention"
 
@@ -56,3 +57,18 @@ def test_exchange_needs_a_chapter_and_not_a_folder(tmp_path, autograder):
     assert done.returncode == 2 and "error: give a SUBMISSIONS folder or --exchange (one of them)" in done.stderr
     done = autograder("grade", "--exchange", "--out", str(tmp_path / "x"))
     assert done.returncode == 2 and "error: --exchange needs --chapter" in done.stderr
+    done = autograder("grade", str(tmp_path), "--due", "2027-01-15 18:00")
+    assert done.returncode == 2 and "error: --due needs --exchange" in done.stderr
+
+
+def test_late_is_the_exchange_time_stamp_past_the_due_date(tmp_path):
+    stamp = tmp_path / "collected" / "ada" / CHAPTER / "timestamp.txt"
+    stamp.parent.mkdir(parents=True)
+    stamp.write_text("2026-12-04 18:02:05.000000 UTC")  # as nbgrader's submit writes it
+    ada, bob = SimpleNamespace(student="ada", chapter=CHAPTER), SimpleNamespace(student="bob", chapter=CHAPTER)
+    due = cli.parse_due("2026-12-04 19:00 Europe/Paris")  # 18:00 UTC
+    assert cli.late(tmp_path, ada, due) == ["late:0h02m05s"]
+    assert cli.late(tmp_path, ada, cli.parse_due("2026-12-03 16:59:00")) == ["late:25h03m05s"]
+    assert cli.late(tmp_path, ada, cli.parse_due("2026-12-04 18:02:05")) == []  # on the dot is on time
+    assert cli.late(tmp_path, ada, None) == [] and cli.late(tmp_path, bob, due) == []  # bob: not from the exchange
+    assert integrity.describe("late:0h02m05s") == "handed in 0h02m05s after the due date"
