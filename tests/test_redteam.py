@@ -356,7 +356,7 @@ def test_the_scratch_folder_is_bounded_and_nothing_in_it_reaches_the_host(batch)
     text = outputs_of(out, "linker")
     assert "tmp is bounded: OSError 28" in text and "FILLED" not in text, text  # ENOSPC
     env = eval(text.split("ENV ")[1].splitlines()[0])
-    assert set(env) <= {"HOME", "LANG", "MPLCONFIGDIR", "PYTHONNOUSERSITE", "NBGRADER_EXECUTION", "PATH", "PWD",
+    assert set(env) <= {"HOME", "LANG", "MPLCONFIGDIR", "PYTHONNOUSERSITE", "NBGRADER_EXECUTION", "PATH", "PWD", "OMP_NUM_THREADS",
                         "VITLAB_DATA", "JPY_SESSION_NAME", "PYDEVD_USE_FRAME_EVAL", "MPLBACKEND", "CLICOLOR",
                         "FORCE_COLOR", "TERM", "PAGER", "GIT_PAGER", "CLICOLOR_FORCE", "SHLVL", "_"}, env
     root = eval(text.split("ROOT ")[1].splitlines()[0])
