@@ -292,7 +292,7 @@ HELD = [
     M(A, "sdpa-solution", SDPA, "device=q.device).tril()", "device=q.device).tril(-1)", ""),
     M(A, "mha-solution", MHA, "F.scaled_dot_product_attention(q, k, v, attn_mask=mask)",
       "F.scaled_dot_product_attention(q, k, v)", ""),
-    M(A, "linear-solution", "check_attention.linear(linear_attention)", "z = torch.cumsum(phi_k, dim=-2)",
+    M(A, "linear-solution", "check_attention.linear(linear_attention, causal=True)", "z = torch.cumsum(phi_k, dim=-2)",
       "z = torch.cumsum(phi_k, dim=-1)", ""),
     M(A, "score-variance-solution", "check_attention.score_variance(score_variance)",
       "scores = scores / math.sqrt(d_k)", "scores = scores / d_k", ""),

@@ -398,6 +398,19 @@ def error_hint(exc: BaseException) -> str | None:
     return None
 
 
+def parameter_shape_hint(mine: tuple[int, ...], theirs: tuple[int, ...]) -> str | None:
+    """What a parameter of the wrong shape says about how its layer was built (a Linear's (out, in) weight)."""
+    if len(mine) == len(theirs) == 2 and mine[0] == theirs[0] and mine[1] != theirs[1]:
+        return (f"This layer takes inputs of width {mine[1]} where {theirs[1]} arrive: build it with "
+                f"in_features={theirs[1]} (the width of what it is applied to: context_dim rather than dim, say).")
+    if len(mine) == len(theirs) == 2 and mine[1] == theirs[1] and mine[0] != theirs[0]:
+        ratio = theirs[0] / mine[0]
+        return (f"This layer gives {mine[0]} outputs where {theirs[0]} are expected"
+                + (f" ({ratio:g} times as many: a fused projection such as qkv or kv needs {ratio:g} * dim)"
+                   if ratio == int(ratio) and ratio > 1 else "") + ": check out_features.")
+    return None
+
+
 def _one_row_off(shape: list[int], size: int) -> str | None:
     """For a reshape that fails: neighbouring axes whose product is one or two off from what the tensor holds."""
     total = math.prod(shape)
