@@ -48,6 +48,8 @@ def _sdpa_variant(scale_of=lambda dk, dv: dk ** -0.5, dim=-1, flip=False, naive_
             ones = torch.ones(lq, lk, dtype=torch.bool)
             blocked = ones.tril(-1) if upper_causal else ones.triu(0 if diagonal_blocked else 1)
         if mask_fill is not None and mask is not None and mask.dtype == torch.bool:  # a finite fill for the mask
+            if not (mask.any(-1) & ~mask.all(-1)).any():
+                raise ValueError("no row is partly blocked: a finite fill looks like a row that sees nothing")
             scores = torch.where(mask, scores.masked_fill(blocked, float("-inf")), mask_fill)
             return _safe_softmax(scores, dim) @ v
         if mask is not None and mask.dtype == torch.bool:
