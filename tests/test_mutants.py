@@ -4,7 +4,9 @@ A mutant is a graded exercise's solution (from solutions/NN_x/NN_x.ipynb) with o
 learner typically gets it wrong. It runs through the chapter's visible check in-process; the test asserts that
 the check fails (so the mutant loses the points) and that the message holds words naming the mistake (a known
 `Mistake`, or `vitlab.diagnose`'s description), not a bare "differs from the reference".
-bench/mutants.py prints the named/total table of bench/RESULTS.md from the same list.
+Three lists: MUTANTS (the suite the checks were built against), FRESH (written after it) and HELD (a held-out set
+written after FRESH without reading the mistake lists). bench/mutants.py prints the named/total tables of
+bench/RESULTS.md from the same lists.
 """
 from __future__ import annotations
 
