@@ -98,6 +98,7 @@ def test_a_number_off_by_a_ratio_of_arguments_and_an_input_scaled_by_a_size():
     case = dict(frames=8, patches=196)
     assert "times frames/patches" in diagnose.relation(8 * 8 * 196, 8 * 196 * 196, **TOL, case=case)
     assert diagnose.relation(8 * 196 * 3, 8 * 196 * 196, **TOL, case=case) is None  # 3 is no ratio of them
+    assert diagnose.relation(10, 5, **TOL, case=dict(dim=8, heads=4)) is None  # a factor 2 is not blamed on 8/4
 
     def attend(q, k):
         return (q @ k.transpose(-2, -1) / 8 ** 0.5).softmax(-1)

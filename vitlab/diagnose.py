@@ -483,7 +483,9 @@ def _argument_ratio(got: Tensor, expected: Tensor, case: Mapping[str, Any]) -> s
     if not e or not g:
         return None
     for (a, x), (b, y) in itertools.permutations(ints.items(), 2):
-        if x != y and abs(g / e - x / y) < 1e-9 * max(1.0, x / y):
+        if max(x, y) % min(x, y) == 0 and max(x, y) // min(x, y) <= 4:
+            continue  # a factor of 2, 3 or 4 has likelier causes (a 0.5, a sum for a mean) than this pair
+        if abs(g / e - x / y) < 1e-9 * max(1.0, x / y):
             return _said(f"Your result is the reference's times {a}/{b} (= {x}/{y}): `{a}` is used where `{b}` "
                          "belongs.", f"Check which of `{a}` and `{b}` each factor of the formula needs.")
     return None
