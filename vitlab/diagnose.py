@@ -3,11 +3,14 @@
 `relation(got, expected, ...)` looks at one case: the same entries in another order (axes swapped or
 permuted, halves swapped, interleaved instead of concatenated, a reshape where a permute was needed), a
 constant factor, offset or power, a sign flip, a shift by one, extra or missing prefix rows, a grid of another
-size, float32 accuracy in a float64 case, or equality everywhere except a few rows, the masked positions or the
-border. `argument_slip(...)` tries the reference with one argument changed (off by one, left at its default,
-two arguments swapped), and `failing_cases(...)` says what the failing cases of a set have in common.
-`explain(...)` puts them together into a check's failure message; `error_hint(exc)` reads an exception's
-message for a known slip (sizes that differ by a prefix token).
+size, float32 accuracy in a float64 case, a number off by a ratio of two arguments, or equality everywhere
+except a few rows, one half of an axis, the masked (or partly masked) positions or the border.
+`argument_slip(...)` tries the reference with one argument changed (off by one, left at its default, an input
+scaled by a size, two arguments swapped), and `failing_cases(...)` says what the failing cases of a set have in
+common. `explain(...)` puts them together into a check's failure message; `error_hint(exc)` reads an
+exception's message for a known slip (sizes one prefix token apart or one twice the other, a reshape one row
+off, a bincount too short, a product's inner sizes), and `parameter_shape_hint` reads a parameter of the wrong
+shape (a Linear built for the wrong width).
 
 Each returns one plain sentence plus the hint it implies ("...\n  hint"), or None when nothing fits.
 """
@@ -412,7 +415,7 @@ def parameter_shape_hint(mine: tuple[int, ...], theirs: tuple[int, ...]) -> str 
 
 
 def _one_row_off(shape: list[int], size: int) -> str | None:
-    """For a reshape that fails: neighbouring axes whose product is one or two off from what the tensor holds."""
+    """For a reshape that fails: neighbouring axes whose product is one off from what the tensor holds."""
     total = math.prod(shape)
     for i in range(len(shape)):
         for j in range(i + 1, len(shape) + 1):
