@@ -79,3 +79,48 @@ def test_an_error_from_sizes_one_token_apart_hints_at_the_prefix_token():
 
     with pytest.raises(CheckFailed, match="prefix \\(class\\) tokens"):
         check_function(keeps_cls, lambda tokens: tokens, [dict(tokens=torch.zeros(2, 17, 1))], name="t", grad=False)
+
+
+def test_rows_a_mask_partly_blocks_and_one_half_of_an_axis():
+    mask = torch.ones(2, 1, 8, dtype=torch.bool)
+    mask[1, 0, 3] = False  # item 1 blocks one key: its rows are wrong, item 0's are right
+    got = REF.clone()
+    got[1] += 1
+    assert "rows where `mask` blocks some keys" in diagnose.relation(got, REF, **TOL, case={"mask": mask})
+    per_item = diagnose.relation(got, REF, **TOL, case={"mask": mask[:, None]})  # (B, 1, 1, Lk) for (B, N, D)
+    assert "items whose `mask` blocks some keys" in per_item
+    half = REF.clone()
+    half[..., :4] *= 1 + torch.rand(4, generator=GEN, dtype=torch.float64)
+    assert "wrong only in the first half" in diagnose.relation(half, REF, **TOL)
+
+
+def test_a_number_off_by_a_ratio_of_arguments_and_an_input_scaled_by_a_size():
+    case = dict(frames=8, patches=196)
+    assert "times frames/patches" in diagnose.relation(8 * 8 * 196, 8 * 196 * 196, **TOL, case=case)
+    assert diagnose.relation(8 * 196 * 3, 8 * 196 * 196, **TOL, case=case) is None  # 3 is no ratio of them
+    assert diagnose.relation(10, 5, **TOL, case=dict(dim=8, heads=4)) is None  # a factor 2 is not blamed on 8/4
+
+    def attend(q, k):
+        return (q @ k.transpose(-2, -1) / 8 ** 0.5).softmax(-1)
+
+    q, k = REF, REF.flip(1)
+    inverted = (q @ k.transpose(-2, -1) * 8 ** 0.5).softmax(-1)  # * sqrt(d) where / sqrt(d) belongs
+    assert "`q` multiplied by 8" in diagnose.argument_slip(inverted, attend, dict(q=q, k=k), **TOL)
+
+
+@pytest.mark.parametrize("fail, words", [
+    (lambda: torch.zeros(110).reshape(2, 5, 3, 4), "holds 11 where the reshape expects 12 (one too few)"),
+    (lambda: torch.bincount(torch.tensor([0, 3, 12])).reshape(5, 5), "minlength="),
+    (lambda: torch.zeros(4, 8) @ torch.zeros(16, 4), "split (chunk) along the wrong axis"),
+    (lambda: torch.zeros(9, 4) * torch.zeros(9, 8), "One size is twice the other"),
+])
+def test_error_hints(fail, words):
+    with pytest.raises(RuntimeError) as info:
+        fail()
+    assert words in diagnose.error_hint(info.value)
+
+
+def test_parameter_shape_hint_says_which_width_is_wrong():
+    assert "in_features=40" in diagnose.parameter_shape_hint((48, 24), (48, 40))
+    assert "3 times as many" in diagnose.parameter_shape_hint((24, 24), (72, 24))
+    assert diagnose.parameter_shape_hint((3, 4, 5), (3, 4, 6)) is None

@@ -465,8 +465,9 @@ def load_reference_weights(module: nn.Module, reference: nn.Module, name: str) -
         if unexpected:
             lines.append("  unexpected: " + ", ".join(f"{k} {tuple(mine[k].shape)}" for k in unexpected))
         raise CheckFailed("\n".join(lines))
-    wrong = [f"{k}: yours {tuple(mine[k].shape)}, reference {tuple(v.shape)}" for k, v in theirs.items()
-             if mine[k].shape != v.shape]
+    wrong = [f"{k}: yours {tuple(mine[k].shape)}, reference {tuple(v.shape)}"
+             + (f"\n    {hint}" if (hint := diagnose.parameter_shape_hint(tuple(mine[k].shape), tuple(v.shape))) else "")
+             for k, v in theirs.items() if mine[k].shape != v.shape]
     if wrong:
         raise CheckFailed(f"{name}: parameters have the wrong shape:\n  " + "\n  ".join(wrong))
     module.load_state_dict(theirs)

@@ -38,7 +38,7 @@ def _safe_softmax(scores: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 def _sdpa_variant(scale_of=lambda dk, dv: dk ** -0.5, dim=-1, flip=False, naive_softmax=False,
-                  mask_after=False, upper_causal=False):
+                  mask_after=False, upper_causal=False, mask_fill=None, diagonal_blocked=False):
     """A scaled dot-product attention that is wrong in the ways the keyword arguments say."""
 
     def wrong(q, k, v, mask=None, causal=False):
@@ -47,7 +47,12 @@ def _sdpa_variant(scale_of=lambda dk, dv: dk ** -0.5, dim=-1, flip=False, naive_
         blocked = torch.zeros(lq, lk, dtype=torch.bool)
         if causal:
             ones = torch.ones(lq, lk, dtype=torch.bool)
-            blocked = ones.tril(-1) if upper_causal else ones.triu(1)
+            blocked = ones.tril(-1) if upper_causal else ones.triu(0 if diagonal_blocked else 1)
+        if mask_fill is not None and mask is not None and mask.dtype == torch.bool:  # a finite fill for the mask
+            if not (mask.any(-1) & ~mask.all(-1)).any():
+                raise ValueError("no row is partly blocked: a finite fill looks like a row that sees nothing")
+            scores = torch.where(mask, scores.masked_fill(blocked, float("-inf")), mask_fill)
+            return _safe_softmax(scores, dim) @ v
         if mask is not None and mask.dtype == torch.bool:
             blocked = blocked | (mask if flip else ~mask)
         elif mask is not None:
@@ -89,6 +94,13 @@ SDPA_MISTAKES = [
     Mistake("used the wrong triangle for the causal mask",
             "Query i may see keys j <= i: keep the lower triangle (torch.tril), block the upper one.",
             _sdpa_variant(upper_causal=True)),
+    Mistake("filled the blocked scores with 0 instead of -inf",
+            "exp(0) = 1: a score of 0 still gets weight. Blocked scores must be -inf before the softmax "
+            "(torch.where(mask, scores, float('-inf'))), so that their weight is exactly 0.",
+            _sdpa_variant(mask_fill=0.0)),
+    Mistake("blocked the diagonal too: under your causal mask a query may not see itself",
+            "Query i may see keys j <= i, its own position included: keep torch.ones(L, L).tril() "
+            "(diagonal 0), not tril(-1).", _sdpa_variant(diagonal_blocked=True)),
 ]
 
 
@@ -164,6 +176,10 @@ def score_variance(fn, *, seed: int = 0, graded: bool = False) -> None:
             if scaled and abs(got - d_k) < tolerance * d_k and d_k > 4:
                 raise CheckFailed("score_variance: with scaled=True you got about d_k: divide each dot product "
                                   "by sqrt(d_k) before taking the variance.")
+            if scaled and abs(got * d_k - 1) < tolerance:
+                raise CheckFailed("score_variance: with scaled=True you got about 1/d_k: you divided the dot "
+                                  "products by d_k.\n  Divide by sqrt(d_k): the variance then shrinks by d_k, "
+                                  "from d_k to 1.")
             if abs(got - truth) > tolerance * truth:
                 raise CheckFailed(f"score_variance(d_k={d_k}, scaled={scaled}) = {got:.4g}, expected about "
                                   f"{truth:g} (within {100 * tolerance:.0f}%).\n  Draw q and k of shape "
@@ -312,9 +328,13 @@ def additive(cls, *, seed: int = 0, graded: bool = False) -> None:
 # ---------------------------------------------------------------------------------- linear attention
 
 
-def _linear_variant(phi=attention.elu_feature_map, normalise=True, causal_sums=True):
+def _linear_variant(phi=attention.elu_feature_map, normalise=True, causal_sums=True, sum_axis=-2):
     def wrong(q, k, v, causal=False, eps=1e-6):
         fq, fk = phi(q), phi(k)
+        if sum_axis != -2:  # the normaliser's running sum taken along another axis than the sequence
+            z = fk.cumsum(sum_axis) if causal else fk.sum(sum_axis, keepdim=True)
+            num = ((fq @ fk.transpose(-2, -1)).tril() if causal else fq @ fk.transpose(-2, -1)) @ v
+            return num / ((fq * z).sum(-1, keepdim=True) + eps)
         if causal and causal_sums:
             weights = (fq @ fk.transpose(-2, -1)).tril()
         else:
@@ -327,6 +347,9 @@ def _linear_variant(phi=attention.elu_feature_map, normalise=True, causal_sums=T
 
 
 LINEAR_MISTAKES = [
+    Mistake("summed the normaliser's phi(k_j) over the features instead of over the keys",
+            "z_i = sum_{j <= i} phi(k_j) runs along the sequence: torch.cumsum(phi_k, dim=-2) (dim=-2 for the "
+            "full sum too), a vector of Dk features per query.", _linear_variant(sum_axis=-1)),
     Mistake("forgot the normaliser phi(q)^T sum_j phi(k_j)",
             "Without it the weights do not sum to 1 and the output grows with the sequence length: divide "
             "phi(q) (phi(K)^T V) by phi(q) . (sum_j phi(k_j)).", _linear_variant(normalise=False)),

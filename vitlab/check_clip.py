@@ -62,7 +62,8 @@ class _WrongText(clip.TextTransformer):
             x = x + self.positional_embedding
         n = text.shape[1]
         mask = {"no_mask": None,
-                "future_mask": torch.full((n, n), float("-inf")).tril(-1).to(x)}.get(self.mistake, self.attn_mask)
+                "future_mask": torch.full((n, n), float("-inf")).tril(-1).to(x),
+                "diagonal_masked": torch.full((n, n), float("-inf")).triu().to(x)}.get(self.mistake, self.attn_mask)
         x = self.transformer(x, attn_mask=mask)
         if self.mistake != "no_ln_final":
             x = self.ln_final(x)
@@ -87,6 +88,8 @@ TEXT_MISTAKES = [
      "torch.full((L, L), float('-inf')).triu(1). Without it the EOT token also sees the padding after it."),
     ("masked the wrong triangle (each token sees the future, not the past)", "future_mask",
      "Query i may see keys j <= i: -inf goes ABOVE the diagonal, .triu(1), not below it."),
+    ("masked the diagonal too (each token may not see itself)", "diagonal_masked",
+     "-inf goes strictly above the diagonal: .triu(1). With .triu() the first token sees nothing at all."),
     ("forgot ln_final", "no_ln_final", "Apply self.ln_final to the tokens after the blocks, before pooling."),
     ("forgot the position embedding", "no_position",
      "Add self.positional_embedding (context_length, width) to the token embeddings."),
@@ -235,15 +238,15 @@ def clip_head(cls, *, seed: int = 0, graded: bool = False) -> None:
 # ------------------------------------------------------------------------------------------ clip_loss
 
 
-def _loss_variant(directions: str = "both", reduce: str = "mean", scale: str = "times"):
+def _loss_variant(directions: str = "both", reduce: str = "mean", scale: str = "times", softmax_in: str = ""):
     """A contrastive loss that is wrong in the ways the keyword arguments say."""
 
     def wrong(image_features, text_features, logit_scale):
         sims = image_features @ text_features.T
         logits = {"times": sims * logit_scale, "divide": sims / logit_scale, "none": sims}[scale]
         labels = torch.arange(len(logits))
-        i2t = F.cross_entropy(logits, labels, reduction=reduce)
-        t2i = F.cross_entropy(logits.T, labels, reduction=reduce)
+        i2t = F.cross_entropy(logits.softmax(-1) if "i2t" in softmax_in else logits, labels, reduction=reduce)
+        t2i = F.cross_entropy(logits.T.softmax(-1) if "t2i" in softmax_in else logits.T, labels, reduction=reduce)
         return {"both": (i2t + t2i) / 2, "sum": i2t + t2i, "i2t": i2t, "t2i": t2i}[directions]
 
     return wrong
@@ -263,6 +266,9 @@ LOSS_MISTAKES = [
             _loss_variant(scale="divide")),
     Mistake("forgot the scale", "Multiply the cosine similarities by logit_scale before the cross-entropy.",
             _loss_variant(scale="none")),
+    *[Mistake("passed probabilities (a softmax) to F.cross_entropy",
+              "F.cross_entropy applies log_softmax itself: give it the logits, not logits.softmax(...).",
+              _loss_variant(softmax_in=which)) for which in ("i2t", "t2i", "i2t t2i")],
     Mistake("summed over the batch instead of averaging", "cross_entropy averages over the rows by default; keep it.",
             _loss_variant(reduce="sum")),
 ]

@@ -145,7 +145,7 @@ def box_iou(fn, *, seed: int = 0, graded: bool = False) -> None:
                    forbidden=IOU_BUILTINS, **tolerance(dt))
 
 
-def _giou_variant(hull_over_union=False, loss=False, enclosing_is_intersection=False):
+def _giou_variant(hull_over_union=False, loss=False, enclosing_is_intersection=False, minus_intersection=False):
     def wrong(a, b):
         iou, union = det.box_iou(a, b)
         if enclosing_is_intersection:
@@ -154,7 +154,8 @@ def _giou_variant(hull_over_union=False, loss=False, enclosing_is_intersection=F
             top_left, bottom_right = torch.minimum(a[:, None, :2], b[None, :, :2]), torch.maximum(a[:, None, 2:], b[None, :, 2:])
         wh = (bottom_right - top_left).clamp(min=0)
         hull = wh[..., 0] * wh[..., 1]
-        giou = iou - (hull - union) / (union if hull_over_union else hull)
+        empty = hull - (iou * union if minus_intersection else union)  # iou * union: the intersection
+        giou = iou - empty / (union if hull_over_union else hull)
         return 1 - giou if loss else giou
     return wrong
 
@@ -170,6 +171,9 @@ GIOU_MISTAKES = [
             "(that is the intersection)",
             "The smallest enclosing box takes the min of the x0, y0 and the max of the x1, y1.",
             _giou_variant(enclosing_is_intersection=True)),
+    Mistake("took the intersection, not the union, out of the enclosing box",
+            "The penalty is the part of the enclosing box C covered by neither box: (C - union) / C.",
+            _giou_variant(minus_intersection=True)),
 ]
 
 

@@ -288,7 +288,7 @@ def _dice_variant(mistake: str):
         else:
             total = probs.sum(dims) + onehot.sum(dims)
         s = 0.0 if mistake == "no_smooth" else smooth
-        dice = (2 * overlap + s) / (total + s)
+        dice = (2 * overlap + (0.0 if mistake == "smooth_below_only" else s)) / (total + s)
         if mistake == "no_background":
             dice = dice[..., 1:]
         if mistake == "dice_not_loss":
@@ -315,6 +315,8 @@ DICE_MISTAKES = [
             "Use the plain sums: sum(p) + sum(g).", _dice_variant("squared")),
     Mistake("left out the smoothing term", "Add `smooth` to both the numerator (2 sum(p g) + s) and the denominator.",
             _dice_variant("no_smooth")),
+    Mistake("added `smooth` to the denominator only", "Add it to both: (2 sum(p g) + s) / (sum(p) + sum(g) + s), "
+            "so that an absent class predicted absent scores 1, not 0.", _dice_variant("smooth_below_only")),
     Mistake("left out the background class", "Average the Dice over all K classes, class 0 included.",
             _dice_variant("no_background")),
 ]

@@ -55,7 +55,7 @@ EMA_BUILTINS = {
 # ------------------------------------------------------------------------------------ cosine schedule
 
 
-def _cosine_variant(restart=False, from_zero=False, prefix=False, no_floor=False, no_end=False):
+def _cosine_variant(restart=False, from_zero=False, prefix=False, no_floor=False, no_end=False, half=0.5):
     """A cosine schedule that is wrong in the ways the keyword arguments say."""
 
     def wrong(step, base_lr, total_steps, warmup_steps=0, warmup_lr_init=0.0, min_lr=0.0):
@@ -68,7 +68,7 @@ def _cosine_variant(restart=False, from_zero=False, prefix=False, no_floor=False
         elif t >= total_steps and not no_end:
             return 0.0 if no_floor else min_lr
         floor = 0.0 if no_floor else min_lr
-        return floor + 0.5 * (base_lr - floor) * (1 + math.cos(math.pi * t / total_steps))
+        return floor + half * (base_lr - floor) * (1 + math.cos(math.pi * t / total_steps))
 
     return wrong
 
@@ -90,6 +90,9 @@ COSINE_MISTAKES = [
     Mistake("decayed to 0 instead of to min_lr",
             "The cosine goes from base_lr down to min_lr: min_lr + 0.5 * (base_lr - min_lr) * (1 + cos(pi t / T)).",
             _cosine_variant(no_floor=True)),
+    Mistake("forgot the 0.5 in front of the cosine term (the rate starts at 2 * base_lr - min_lr)",
+            "(1 + cos) runs from 2 down to 0: min_lr + 0.5 * (base_lr - min_lr) * (1 + cos(pi t / T)).",
+            _cosine_variant(half=1.0)),
 ]
 
 
@@ -232,7 +235,7 @@ def clip_grad_norm(fn, *, seed: int = 0, graded: bool = False) -> None:
 def _smoothing_variant(kind: str):
     def wrong(logits, target, smoothing=0.1):
         k = logits.shape[-1]
-        logp = F.log_softmax(logits, dim=-1)
+        logp = F.log_softmax(logits, dim=0 if kind == "batch_axis" else -1)
         onehot = F.one_hot(target, k).to(logits.dtype)
         if kind == "k_minus_1":
             q = onehot * (1 - smoothing) + (1 - onehot) * smoothing / (k - 1)
@@ -259,6 +262,9 @@ SMOOTHING_MISTAKES = [
             _smoothing_variant("no_keep")),
     Mistake("summed the loss over the batch instead of averaging",
             "Return the mean over the batch of -sum_k q_k log p_k.", _smoothing_variant("sum")),
+    Mistake("took the log-softmax over the batch (dim=0) instead of the classes",
+            "logits are (N, K): each sample's distribution is over its K classes, log_softmax(logits, dim=-1).",
+            _smoothing_variant("batch_axis")),
 ]
 
 
@@ -463,6 +469,8 @@ def _ema_variant(kind: str):
                 continue
             elif kind == "copy":
                 e.copy_(m)
+            elif kind == "unchanged":
+                continue
             else:
                 e.mul_(decay).add_(m, alpha=1 - decay)
 
@@ -470,6 +478,10 @@ def _ema_variant(kind: str):
 
 
 EMA_MISTAKES = [
+    Mistake("left the EMA's floating-point weights unchanged",
+            "`ema_v = decay * ema_v + ...` only rebinds the loop's name to a new tensor; the model keeps its old "
+            "one. Update the tensor in place: ema_v.mul_(decay).add_(model_v, alpha=1 - decay).",
+            _ema_variant("unchanged")),
     Mistake("swapped decay and 1 - decay",
             "The average keeps most of itself: ema = decay * ema + (1 - decay) * model, with decay close to 1.",
             _ema_variant("swapped")),

@@ -297,7 +297,8 @@ class _WrongPrefix(peft.PrefixAttention):
         b, n, dim = x.shape
         heads, hd = self.attn.num_heads, self.attn.head_dim
         q, k, v = self.attn.qkv(x).reshape(b, n, 3, heads, hd).permute(2, 0, 3, 1, 4)
-        pk, pv = (self.prefix_v, self.prefix_k) if self.mistake == "swapped" else (self.prefix_k, self.prefix_v)
+        pk, pv = {"swapped": (self.prefix_v, self.prefix_k), "keys_twice": (self.prefix_k, self.prefix_k),
+                  "values_twice": (self.prefix_v, self.prefix_v)}.get(self.mistake, (self.prefix_k, self.prefix_v))
         if self.mistake == "projected":
             w_k, w_v = self.attn.qkv.weight[dim:2 * dim], self.attn.qkv.weight[2 * dim:]
             b_k, b_v = (self.attn.qkv.bias[dim:2 * dim], self.attn.qkv.bias[2 * dim:]) if self.attn.qkv.bias is not None \
@@ -321,6 +322,10 @@ PREFIX_MISTAKES = [
      "of head_dim features: prefix_k.reshape(length, heads, head_dim).transpose(0, 1)."),
     ("swapped the prefix keys and values", "swapped",
      "prefix_k goes in front of the keys, prefix_v in front of the values."),
+    ("put the same prefix in front of the keys and the values", "keys_twice",
+     "prefix_k goes in front of the keys, prefix_v (not prefix_k again) in front of the values."),
+    ("put the same prefix in front of the keys and the values", "values_twice",
+     "prefix_k (not prefix_v again) goes in front of the keys, prefix_v in front of the values."),
     ("sent the prefix through the qkv projection (that is prompt tuning, not prefix tuning)", "projected",
      "In prefix tuning the learned vectors ARE keys and values: concatenate them after the projection, "
      "without applying qkv to them."),

@@ -61,12 +61,13 @@ def _layer_norm_reference(x, weight, bias, eps=1e-6):
 
 
 def _layer_norm_variant(dims=(-1,), unbiased=False, eps_outside=False, affine=True, sqrt=True, use_eps=True,
-                        centre=True):
+                        centre=True, mean_dims=None):
     """A layer norm that is wrong in the ways the keyword arguments say."""
 
     def wrong(x, weight, bias, eps=1e-6):
-        mean = x.mean(dim=dims, keepdim=True) if centre else torch.zeros_like(x)
-        var = x.var(dim=dims, keepdim=True, unbiased=unbiased)
+        mean = x.mean(dim=mean_dims or dims, keepdim=True) if centre else torch.zeros_like(x)
+        var = ((x - mean) ** 2).mean(dim=dims, keepdim=True) if mean_dims else \
+            x.var(dim=dims, keepdim=True, unbiased=unbiased)
         eps = eps if use_eps else 0.0
         if eps_outside:
             denominator = var.sqrt() + eps
@@ -92,6 +93,9 @@ LAYER_NORM_MISTAKES = [
     Mistake("normalised over every axis at once",
             "Take the mean and variance over the last dim only (dim=-1, keepdim=True): each token gets its own "
             "statistics.", _layer_norm_variant(dims=None)),
+    *[Mistake(f"took the mean over the wrong axis (dim={d}), the variance over the features",
+              "The mean, like the variance, is each token's own: x.mean(dim=-1, keepdim=True).",
+              _layer_norm_variant(mean_dims=(d,))) for d in (0, -2)],
     Mistake("put eps outside the square root",
             "The denominator is sqrt(var + eps), not sqrt(var) + eps; the two differ when the variance is small.",
             _layer_norm_variant(eps_outside=True)),

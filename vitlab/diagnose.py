@@ -3,11 +3,14 @@
 `relation(got, expected, ...)` looks at one case: the same entries in another order (axes swapped or
 permuted, halves swapped, interleaved instead of concatenated, a reshape where a permute was needed), a
 constant factor, offset or power, a sign flip, a shift by one, extra or missing prefix rows, a grid of another
-size, float32 accuracy in a float64 case, or equality everywhere except a few rows, the masked positions or the
-border. `argument_slip(...)` tries the reference with one argument changed (off by one, left at its default,
-two arguments swapped), and `failing_cases(...)` says what the failing cases of a set have in common.
-`explain(...)` puts them together into a check's failure message; `error_hint(exc)` reads an exception's
-message for a known slip (sizes that differ by a prefix token).
+size, float32 accuracy in a float64 case, a number off by a ratio of two arguments, or equality everywhere
+except a few rows, one half of an axis, the masked (or partly masked) positions or the border.
+`argument_slip(...)` tries the reference with one argument changed (off by one, left at its default, an input
+scaled by a size, two arguments swapped), and `failing_cases(...)` says what the failing cases of a set have in
+common. `explain(...)` puts them together into a check's failure message; `error_hint(exc)` reads an
+exception's message for a known slip (sizes one prefix token apart or one twice the other, a reshape one row
+off, a bincount too short, a product's inner sizes), and `parameter_shape_hint` reads a parameter of the wrong
+shape (a Linear built for the wrong width).
 
 Each returns one plain sentence plus the hint it implies ("...\n  hint"), or None when nothing fits.
 """
@@ -17,6 +20,7 @@ import inspect
 import itertools
 import math
 import re
+import traceback
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
@@ -305,18 +309,29 @@ def _places(got: Tensor, expected: Tensor, atol: float, rtol: float, case: Mappi
         if not (isinstance(value, Tensor) and value.dtype == torch.bool and value.dim() >= 1):
             continue
         dead = ~value.any(-1)  # rows of a mask that allow nothing (a query that may see no key)
+        blocking = (~value).any(-1)  # rows of a mask that block at least one key
+        per_item = (~value).flatten(1).any(1).reshape(-1, *[1] * (wrong.dim() - 1)) if \
+            value.dim() > wrong.dim() and value.shape[0] == wrong.shape[0] else None
         for region, what in ((dead.unsqueeze(-1), f"the rows where `{key}` allows nothing (all False)"),
                              (~value, f"the positions where `{key}` is False"),
-                             (value, f"the positions where `{key}` is True")):
+                             (value, f"the positions where `{key}` is True"),
+                             (blocking.unsqueeze(-1), f"the rows where `{key}` blocks some keys (holds a False)"),
+                             (per_item, f"the items whose `{key}` blocks some keys (holds a False)")):
+            if region is None:
+                continue
             try:
                 region = torch.broadcast_to(region, wrong.shape)
             except RuntimeError:
                 continue
             if region.any() and not (wrong & ~region).any():
-                return _said(f"Your output is right everywhere except at {what}.",
-                             "Check how masked entries are handled: -inf goes into the scores before the softmax, "
-                             "a row that may see nothing gives zeros (not NaN, not a uniform average), and the "
-                             "mask's True means 'may attend' / 'keep'.")
+                hint = ("Check how masked entries are handled: -inf goes into the scores before the softmax, "
+                        "a row that may see nothing gives zeros (not NaN, not a uniform average), and the "
+                        "mask's True means 'may attend' / 'keep'.")
+                if "blocks some keys" in what:
+                    hint = ("The mask has no effect or the wrong one: pass it on (attn_mask=mask) and fill the "
+                            "blocked scores with -inf (float('-inf'), not 0: exp(0) = 1 still gives them weight) "
+                            "before the softmax.")
+                return _said(f"Your output is right everywhere except at {what}.", hint)
     if expected.dim() >= 2:
         h, w = expected.shape[-2:]
         plane = wrong.reshape(-1, h, w).any(0)
@@ -328,6 +343,15 @@ def _places(got: Tensor, expected: Tensor, atol: float, rtol: float, case: Mappi
                              "and column).",
                              "Edges are handled differently: padding (zeros vs replicate), align_corners, or a "
                              "range that drops or wraps the last row/column.")
+    for a in range(expected.dim()):
+        n = expected.shape[a]
+        rows = wrong.movedim(a, 0).reshape(n, -1).any(1)
+        if n >= 4 and n % 2 == 0 and int(rows.sum()) > n // 4 and not (rows[: n // 2].any() and rows[n // 2:].any()):
+            half = "first" if rows[: n // 2].any() else "second"
+            return _said(f"Your output is right in one half of {_axis(a, expected.dim())} and wrong only in the "
+                         f"{half} half.", f"The two halves are built differently: check what feeds the {half} "
+                         "half (an argument such as the temperature or a size not passed on, or the other half's "
+                         "table used twice).")
     for a in range(expected.dim()):
         n = expected.shape[a]
         if n < 2:
@@ -354,8 +378,55 @@ def error_hint(exc: BaseException) -> str | None:
     if sizes and abs(int(sizes[1]) - int(sizes[2])) in (1, 2):
         return ("Two sizes differ by the number of prefix (class) tokens: a CLS token kept where it should be "
                 "dropped (tokens[:, num_prefix_tokens:]), or dropped where it should be kept.")
+    if sizes and sorted((int(sizes[1]), int(sizes[2]))) in ([n, 2 * n] for n in (int(sizes[1]), int(sizes[2]))):
+        return ("One size is twice the other: a width split in two (per position axis, or the cos/sin halves) "
+                "where the whole is used, or the whole where half belongs.")
     if sizes and math.isqrt(int(sizes[1])) ** 2 == int(sizes[1]) != int(sizes[2]):
         return "A grid of the wrong size: check the stride, the patch size and which side is height or width."
+    lines = " ".join(f.line or "" for f in traceback.extract_tb(exc.__traceback__))
+    reshape = re.search(r"shape '\[([\d, -]+)\]' is invalid for input of size (\d+)", str(exc))
+    target = [int(n) for n in reshape[1].split(",")] if reshape else []
+    short_table = len(target) == 2 and target[0] == target[1] > 0 and target[0] ** 2 > int(reshape[2])
+    if reshape and ("bincount" in lines or short_table):
+        return ("Too few entries for a K x K table: torch.bincount returns max(input) + 1 bins, fewer when the "
+                "largest values never occur; pass minlength= the number of bins you reshape to (K * K).")
+    if reshape and -1 not in target:
+        found = _one_row_off(target, int(reshape[2]))
+        if found:
+            return found
+    matmul = re.search(r"shapes cannot be multiplied \((\d+)x(\d+) and (\d+)x(\d+)\)", str(exc))
+    if matmul:
+        return (f"A product needs the inner sizes to agree ({matmul[2]} columns vs {matmul[3]} rows): a weight "
+                "used without .T (x @ W.T for W of shape (out, in)) or split (chunk) along the wrong axis.")
+    return None
+
+
+def parameter_shape_hint(mine: tuple[int, ...], theirs: tuple[int, ...]) -> str | None:
+    """What a parameter of the wrong shape says about how its layer was built (a Linear's (out, in) weight)."""
+    if len(mine) == len(theirs) == 2 and mine[0] == theirs[0] and mine[1] != theirs[1]:
+        return (f"This layer takes inputs of width {mine[1]} where {theirs[1]} arrive: build it with "
+                f"in_features={theirs[1]} (the width of what it is applied to: context_dim rather than dim, say).")
+    if len(mine) == len(theirs) == 2 and mine[1] == theirs[1] and mine[0] != theirs[0]:
+        ratio = theirs[0] / mine[0]
+        return (f"This layer gives {mine[0]} outputs where {theirs[0]} are expected"
+                + (f" ({ratio:g} times as many: a fused projection such as qkv or kv needs {ratio:g} * dim)"
+                   if ratio == int(ratio) and ratio > 1 else "") + ": check out_features.")
+    return None
+
+
+def _one_row_off(shape: list[int], size: int) -> str | None:
+    """For a reshape that fails: neighbouring axes whose product is one off from what the tensor holds."""
+    total = math.prod(shape)
+    for i in range(len(shape)):
+        for j in range(i + 1, len(shape) + 1):
+            part = math.prod(shape[i:j])
+            rest = total // part
+            if part > 1 and size % rest == 0 and abs(size // rest - part) == 1:
+                have, delta = size // rest, size // rest - part
+                return (f"The tensor holds {have} where the reshape expects {_square(part)} "
+                        f"(one {'too many' if delta > 0 else 'too few'}): a prefix (class) token kept "
+                        "that should be dropped, or dropped that should be kept (check num_prefix_tokens, "
+                        "also where a default of 1 applies), or a size off by one.")
     return None
 
 
@@ -379,6 +450,10 @@ def relation(got: Any, expected: Any, atol: float, rtol: float, case: Mapping[st
     if not (got.is_floating_point() or expected.is_floating_point()):
         got, expected = got.double(), expected.double()
     got, expected = got.detach(), expected.detach()
+    if got.numel() == expected.numel() == 1 and torch.isfinite(got).all():
+        found = _argument_ratio(got, expected, case)
+        if found:
+            return found
     if got.shape != expected.shape:
         return _shape_relation(got, expected, atol, rtol)
     if torch.isnan(got).any() and not torch.isnan(expected).any():
@@ -402,6 +477,21 @@ def relation(got: Any, expected: Any, atol: float, rtol: float, case: Mapping[st
         return _axis_order(got, expected, atol, rtol) or _said("Your output holds exactly the reference's values, but in other places.",
                      "An index computed in another order, or a reshape where a permute is needed.")
     return _places(got, expected, atol, rtol, case)
+
+
+def _argument_ratio(got: Tensor, expected: Tensor, case: Mapping[str, Any]) -> str | None:
+    """A single number that is the reference's times a ratio of two integer arguments (one used for another)."""
+    ints = {k: v for k, v in case.items() if isinstance(v, int) and not isinstance(v, bool) and v > 1}
+    g, e = float(got), float(expected)
+    if not e or not g:
+        return None
+    for (a, x), (b, y) in itertools.permutations(ints.items(), 2):
+        if max(x, y) % min(x, y) == 0 and max(x, y) // min(x, y) <= 4:
+            continue  # a factor of 2, 3 or 4 has likelier causes (a 0.5, a sum for a mean) than this pair
+        if abs(g / e - x / y) < 1e-9 * max(1.0, x / y):
+            return _said(f"Your result is the reference's times {a}/{b} (= {x}/{y}): `{a}` is used where `{b}` "
+                         "belongs.", f"Check which of `{a}` and `{b}` each factor of the formula needs.")
+    return None
 
 
 def _equal(got: Any, expected: Any, atol: float, rtol: float) -> bool:
@@ -453,6 +543,16 @@ def argument_slip(got: Any, reference: Callable, case: Mapping[str, Any], atol: 
                          f"({defaults[key]!r}), not {value!r}.",
                          f"Your code ignores the `{key}` argument (a hard-coded value where `{key}` belongs).")
     tensors = [k for k, v in case.items() if isinstance(v, Tensor)]
+    sizes = sorted({case[k].shape[-1] for k in tensors if case[k].dim() and case[k].shape[-1] > 1})
+    factors = [(2.0, "2"), (0.5, "1/2")] + [(f, text) for d in sizes for f, text in (
+        (float(d), str(d)), (1 / d, f"1/{d}"), (d ** 0.5, f"sqrt({d})"), (d ** -0.5, f"1/sqrt({d})"))]
+    for key in tensors:
+        if case[key].is_floating_point():
+            for factor, text in factors:
+                if matches(**{key: case[key] * factor}):
+                    return _said(f"Your output is the reference's with `{key}` multiplied by {text}.",
+                                 "A scale is applied the wrong way round, twice or not at all: * where / belongs "
+                                 "(q k^T / sqrt(d), not * sqrt(d)), or a size used in place of its square root.")
     for a, b in itertools.combinations(tensors, 2):
         if case[a].shape == case[b].shape and matches(**{a: case[b], b: case[a]}):
             return _said(f"Your output is the reference's with `{a}` and `{b}` swapped.",
