@@ -25,7 +25,8 @@ PROTECTED = ("vitlab", "torch", "builtins", "__builtins__", "sys", "numpy", "mat
 CALLS_REFERENCE = "the very thing this exercise asks you to write"
 TAMPERED = "changed the course's checking code"
 ERRORS = {"CellTimeoutError": "timeout", "NotebookTimeout": "notebook-timeout", "KernelDied": "kernel-died",
-          "MemoryError": "memory"}
+          "MemoryError": "memory", "OutOfMemoryError": "memory"}
+ALLOCATION_FAILED = re.compile(r"can't allocate memory|out of memory", re.I)  # torch's RuntimeError
 
 
 def meta(cell) -> dict:
@@ -225,7 +226,8 @@ def from_outputs(nb: nbformat.NotebookNode) -> list[str]:
         where = meta(cell).get("grade_id") or f"cell{index + 1}"
         for output in cell.get("outputs", []):
             text = output.get("text", "") + output.get("evalue", "") + "".join(output.get("traceback", []))
-            kind = ERRORS.get(output.get("ename", ""))
+            failed_to_allocate = ALLOCATION_FAILED.search(output.get("evalue", ""))
+            kind = ERRORS.get(output.get("ename", "")) or ("memory" if failed_to_allocate else None)
             if kind:
                 flags.append(f"{kind}:{where}" if kind != "notebook-timeout" else kind)
             if "[output truncated" in text:

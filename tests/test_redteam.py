@@ -129,8 +129,9 @@ PICTURE.source += "\n\nCopied from elsewhere: ![lost](attachment:lost.png)"
 PICTURE.attachments = {"sketch.png": {"image/png": "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="}}
 
 
-def scratch_attacks(home: Path) -> str:
-    """Leave links to the grader's files, a FIFO and a flood in the scratch folder and /tmp; look for the host."""
+def scratch_attacks(home: Path, repo: Path) -> str:
+    """Leave links to the grader's files, a FIFO and a flood in the scratch folder and /tmp; look for the host
+    (its root, the course's checkout and what lies beside it)."""
     return f"""import os
 for name, target in [("bashrc", {str(home / ".bashrc")!r}), ("gradebook", "../../../gradebook.db"),
                      ("solutions", "../../../solutions")]:
@@ -149,7 +150,8 @@ for i in range(8):
         os.remove(f"/tmp/fill{{i}}")
 print("ENV", sorted(os.environ))
 print("ROOT", sorted(os.listdir("/")))
-print("WORK", sorted(os.listdir("/work")) if os.path.isdir("/work") else [])"""
+print("REPO", sorted(os.listdir({str(repo.resolve())!r})))
+print("BESIDE", sorted(os.listdir({str(repo.resolve().parent)!r})))"""
 
 
 def edit_cell(grade_id, source):
@@ -198,8 +200,9 @@ def cases(repo: Path, port: int) -> dict:
     return {
         "honest": ([], None, FULL, []),
         "loop": ([LOOPS], None, FULL - 1, ["timeout:score-variance-graded"]),
-        # over the memory limit Python raises MemoryError, or the kernel dies where a C library cannot allocate
-        "memory": ([], lambda nb: after(nb, setup_cell, "hog = [bytearray(1 << 28) for _ in range(64)]"),
+        # over the memory limit torch cannot allocate (RuntimeError), or the kernel dies where a C library cannot;
+        # torch.empty reserves without touching, so the limit is met in milliseconds, not in minutes of page faults
+        "memory": ([], lambda nb: after(nb, setup_cell, "import torch\nhog = [torch.empty(1 << 28) for _ in range(64)]"),
                    FULL, [("memory:", "kernel-died:")]),
         # the bomb stops at the process limit; while its children live the kernel can start no threads and dies,
         # and the re-run of the cells before it sets the bomb off again: the rest of the notebook is lost
@@ -228,7 +231,7 @@ def cases(repo: Path, port: int) -> dict:
         "historian": ([], lambda nb: after(nb, graded("linear-causal-graded"), HISTORY), FULL, []),
         "pasted": ([], lambda nb: inserted(nb, setup_cell, PICTURE), FULL, []),
         # links to the grader's files, a FIFO and a flood in the kernel's writable places
-        "linker": ([], lambda nb: after(nb, setup_cell, scratch_attacks(Path.home())), FULL, []),
+        "linker": ([], lambda nb: after(nb, setup_cell, scratch_attacks(Path.home(), repo)), FULL, []),
     }
 
 
@@ -361,8 +364,10 @@ def test_the_scratch_folder_is_bounded_and_nothing_in_it_reaches_the_host(batch)
                         "FORCE_COLOR", "TERM", "PAGER", "GIT_PAGER", "CLICOLOR_FORCE", "SHLVL", "_"}, env
     root = eval(text.split("ROOT ")[1].splitlines()[0])
     assert "home" not in root and "opt" not in root and "var" not in root, root
-    work = eval(text.split("WORK ")[1].splitlines()[0])
-    assert "main" not in work, work
+    repo = eval(text.split("REPO ")[1].splitlines()[0])
+    assert set(repo) <= {"vitlab", "data", ".venv"}, repo  # not solutions/, autograder/ or .git
+    beside = eval(text.split("BESIDE ")[1].splitlines()[0])
+    assert beside == [sandbox.REPO.name], beside  # no other checkout or grading folder next to it
     for folder in (out / "autograded" / "linker", out / "feedback" / "linker"):
         assert not [p for p in folder.rglob("*") if p.is_symlink() or not (p.is_file() or p.is_dir())], folder
     assert not (out / "feedback" / "linker" / CHAPTER / "bashrc").exists()

@@ -366,14 +366,19 @@ def _matches(got: Any, other: Any, atol: float, rtol: float, expected: Any = Non
 
 def _diagnose(name: str, got: Any, mistakes: Sequence[Mistake], run_mistake: Callable[[Mistake], Any],
               atol: float, rtol: float, expected: Any = None) -> str | None:
-    """The message of the first known mistake whose output equals the learner's (see _matches)."""
+    """The message of the first known mistake whose whole output equals the learner's, else of the first that
+    equals it where the learner's differs from `expected` (see _matches)."""
+    outputs = []
     for mistake in mistakes:
         try:
-            wrong = run_mistake(mistake)
+            outputs.append((mistake, run_mistake(mistake)))
         except Exception:  # noqa: BLE001 - a mistake that cannot run on this case just does not match
             continue
-        if _matches(got, wrong, atol, rtol, expected):
-            return f"{name}: looks like you {mistake.label}.\n  {mistake.hint}"
+    for matches in (lambda wrong: _difference(got, wrong, atol, rtol, "output") is None,
+                    lambda wrong: _matches(got, wrong, atol, rtol, expected)):
+        for mistake, wrong in outputs:
+            if matches(wrong):
+                return f"{name}: looks like you {mistake.label}.\n  {mistake.hint}"
     return None
 
 
