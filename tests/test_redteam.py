@@ -357,6 +357,23 @@ def test_learner_html_is_sanitised_and_a_pasted_picture_kept(batch):
     assert 'src="data:image/png;base64,iVBORw0KGgo' in page and "[missing picture: lost]" in page
 
 
+def test_the_formgrader_shows_learner_markdown_sanitised(repo):
+    """The formgrader exports a submission with a plain HTMLExporter and its own template, configured by the
+    course's nbgrader configuration: the learner's markdown reaches the instructor without script or style."""
+    from nbconvert import HTMLExporter
+    from nbgrader.server_extensions.formgrader.formgrader import FormgradeExtension
+    from traitlets.config.loader import PyFileConfigLoader
+
+    config = PyFileConfigLoader("nbgrader_config.py", path=str(repo / "autograder")).load_config()
+    config.merge(FormgradeExtension().build_extra_config())
+    nb = nbformat.v4.new_notebook(cells=[copy.deepcopy(PICTURE), nbformat.v4.new_markdown_cell("# Attention\n\n*scaled*")])
+    page, _ = HTMLExporter(config=config).from_notebook_node(
+        nb, resources={"base_url": "/", "index": 0, "total": 1, "notebook_id": CHAPTER})
+    assert "formgrader/static" in page and "PWNED" not in page  # nbgrader's formgrade template and "#vitlab-flags{display:none}" not in page
+    assert 'src="data:image/png;base64,iVBORw0KGgo' in page and "[missing picture: lost]" in page
+    assert "<em>scaled</em>" in page and ">Attention" in page
+
+
 def test_the_scratch_folder_is_bounded_and_nothing_in_it_reaches_the_host(batch):
     _, out, _, _, _ = batch
     text = outputs_of(out, "linker")
