@@ -2,7 +2,8 @@
 
 Each hostile submission is the 01_attention solution plus one attack. The batch must complete, each attack
 get its expected score and flag (and the flag's sentence in its feedback), the honest submissions keep full
-marks, nothing outside a submission's scratch folder change, and the gradebook stay intact.
+marks, nothing outside a submission's scratch folder change, and the gradebook stay intact. Graded as root,
+and again (links to the instructor's own files) from an ordinary user's account.
 """
 from __future__ import annotations
 
