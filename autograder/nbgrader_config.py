@@ -66,7 +66,7 @@ c.GenerateFeedback.preprocessors = [
     ClearHiddenTests,
 ]
 # The learner's markdown and HTML outputs are sanitised (no script, style or event handler) in the feedback
-# and the formgrader's HTML, with a tag list that keeps ordinary markdown (nbconvert's own escapes headings).
+# and the formgrader's HTML, with a tag list that keeps ordinary markdown (nbconvert's own escapes headings):
+# outputs by nbconvert's `sanitize_html`, markdown by our `markdown2html` filter (both exporters are HTMLExporters).
 c.HTMLExporter.sanitize_html = True
-c.HTMLExporter.filters = {"clean_html": "autograder.report.clean_html"}
-c.GenerateFeedback.exporter_class = "autograder.report.FeedbackExporter"
+c.HTMLExporter.filters = {"clean_html": "autograder.report.clean_html", "markdown2html": "autograder.report.CleanMarkdown"}

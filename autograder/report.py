@@ -10,8 +10,7 @@ import re
 from pathlib import Path
 
 import jinja2
-from nbconvert import HTMLExporter
-from nbconvert.filters.markdown_mistune import InvalidNotebook
+from traitlets.config import LoggingConfigurable
 
 from autograder import integrity
 
@@ -33,18 +32,19 @@ def clean_html(element) -> str:
                         strip=True)
 
 
-class FeedbackExporter(HTMLExporter):
-    """The feedback page's exporter, with the learner's markdown cleaned (`clean_html`): nbgrader's feedback
-    template renders markdown without nbconvert's `sanitize_html`, which cleans only the outputs. A picture
-    whose attachment is missing becomes a note instead of costing the learner the whole page."""
+@jinja2.pass_context
+class CleanMarkdown(LoggingConfigurable):
+    """The `markdown2html` filter of every HTML exporter (nbconvert makes one per exporter, its `parent`): the
+    exporter's own, then `clean_html`. nbgrader's feedback and formgrade templates render markdown without
+    nbconvert's `sanitize_html`, which cleans only the outputs, so the feedback page and the formgrader (which
+    exports with a plain HTMLExporter) would show a learner's script and style as written. A picture whose
+    attachment is missing becomes a note instead of costing the learner the whole page."""
 
-    @jinja2.pass_context
-    def markdown2html(self, context, source: str) -> str:
-        try:
-            return clean_html(super().markdown2html(context, source))
-        except InvalidNotebook:  # a picture whose attachment is missing (a cell copied without it)
-            source = re.sub(r"!\[([^\]]*)\]\(attachment:[^)]*\)", r"[missing picture: \1]", source)
-            return clean_html(super().markdown2html(context, source))
+    def __call__(self, context, source: str) -> str:
+        attached = context.get("cell", {}).get("attachments") or {}
+        source = re.sub(r"!\[([^\]]*)\]\(attachment:([^)]*)\)",
+                        lambda m: m.group(0) if m.group(2) in attached else f"[missing picture: {m.group(1)}]", source)
+        return clean_html(self.parent.markdown2html(context, source))
 
 
 BANNER_STYLE = ("border:2px solid #c0392b;background:#fdecea;padding:0.6em 1em;margin:1em 0;"

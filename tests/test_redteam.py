@@ -2,16 +2,22 @@
 
 Each hostile submission is the 01_attention solution plus one attack. The batch must complete, each attack
 get its expected score and flag (and the flag's sentence in its feedback), the honest submissions keep full
-marks, nothing outside a submission's scratch folder change, and the gradebook stay intact.
+marks, nothing outside a submission's scratch folder change, and the gradebook stay intact. Graded as root,
+and again (links to the instructor's own files) from an ordinary user's account.
 """
 from __future__ import annotations
 
 import copy
 import csv
 import json
+import os
+import pwd
+import shutil
 import socket
+import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import uuid
 import zipfile
@@ -20,6 +26,7 @@ from pathlib import Path
 import nbformat
 import pytest
 from grading import assert_no_hidden_code, chapter_notebooks, executed, html_text, learner_submission
+from unix_users import copy_course, traversable
 
 from autograder import integrity, sandbox
 
@@ -354,6 +361,23 @@ def test_learner_html_is_sanitised_and_a_pasted_picture_kept(batch):
     assert 'src="data:image/png;base64,iVBORw0KGgo' in page and "[missing picture: lost]" in page
 
 
+def test_the_formgrader_shows_learner_markdown_sanitised(repo):
+    """The formgrader exports a submission with a plain HTMLExporter and its own template, configured by the
+    course's nbgrader configuration: the learner's markdown reaches the instructor without script or style."""
+    from nbconvert import HTMLExporter
+    from nbgrader.server_extensions.formgrader.formgrader import FormgradeExtension
+    from traitlets.config.loader import PyFileConfigLoader
+
+    config = PyFileConfigLoader("nbgrader_config.py", path=str(repo / "autograder")).load_config()
+    config.merge(FormgradeExtension().build_extra_config())
+    nb = nbformat.v4.new_notebook(cells=[copy.deepcopy(PICTURE), nbformat.v4.new_markdown_cell("# Attention\n\n*scaled*")])
+    page, _ = HTMLExporter(config=config).from_notebook_node(
+        nb, resources={"base_url": "/", "index": 0, "total": 1, "notebook_id": CHAPTER})
+    assert "formgrader/static" in page and "PWNED" not in page  # nbgrader's formgrade template and "#vitlab-flags{display:none}" not in page
+    assert 'src="data:image/png;base64,iVBORw0KGgo' in page and "[missing picture: lost]" in page
+    assert "<em>scaled</em>" in page and ">Attention" in page
+
+
 def test_the_scratch_folder_is_bounded_and_nothing_in_it_reaches_the_host(batch):
     _, out, _, _, _ = batch
     text = outputs_of(out, "linker")
@@ -383,3 +407,127 @@ def test_the_guard_names_every_forgery(batch):
         assert undone in message, (undone, message)
     hidden = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade")]
     assert not [c for c in hidden for o in c.outputs if "SEEN" in o.get("text", "")]  # the echo hook was gone
+
+
+# --- the same attacks when an instructor grades from their own account, not as root -----------------------------
+
+def home_attacks(home: Path) -> str:
+    """Link the instructor's shell profile, private key and gradebook from the scratch folder, leave a FIFO, and
+    write and chmod through the links."""
+    targets = {"bashrc": str(home / ".bashrc"), "key": str(home / ".ssh" / "id_rsa"), "gradebook": "../../../gradebook.db"}
+    return f"""import os
+targets = {targets!r}
+for name, target in targets.items():
+    os.symlink(target, name)
+os.mkfifo("pipe.ipynb")
+for name in targets:
+    for what, act in (("write", lambda: open(name, "a").write("pwned")), ("chmod", lambda: os.chmod(name, 0o444))):
+        try:
+            act()
+            print("DID", what, name)
+        except OSError as exc:
+            print("refused", what, name, type(exc).__name__)"""
+
+
+def unprivileged_missing() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root to create the ordinary user who grades (useradd); run as root to test both ways"
+    for tool in ("useradd", "userdel", "runuser"):
+        if shutil.which(tool) is None:
+            return f"`{tool}` is not installed"
+    return None
+
+
+def snapshot(folder: Path, skip: Path | None = None, contents: bool = True) -> dict:
+    """path -> (mode, mtime, size, contents) of everything under `folder` but `skip`, links not followed."""
+    seen = {}
+    for path in [folder, *folder.rglob("*")]:
+        if skip is not None and path.is_relative_to(skip):
+            continue
+        st = path.lstat()
+        data = path.read_bytes() if contents and stat.S_ISREG(st.st_mode) else None
+        seen[str(path)] = (st.st_mode, st.st_mtime_ns, st.st_size, data)
+    return seen
+
+
+@pytest.fixture
+def grader_account():
+    """An ordinary local user (removed afterwards) with a shell profile and a private key of their own."""
+    name = f"vt{uuid.uuid4().hex[:4]}-grader"
+    subprocess.run(["useradd", "-m", "-s", "/bin/bash", name], check=True, capture_output=True)
+    try:
+        home = Path(pwd.getpwnam(name).pw_dir)
+        (home / ".bashrc").write_text("# the instructor's own profile\n", encoding="utf-8")
+        (home / ".ssh").mkdir(mode=0o700, exist_ok=True)
+        (home / ".ssh" / "id_rsa").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nnot a real key\n", encoding="utf-8")
+        (home / ".ssh" / "id_rsa").chmod(0o600)
+        user = pwd.getpwnam(name)
+        for path in [home, *home.rglob("*")]:
+            os.chown(path, user.pw_uid, user.pw_gid, follow_symlinks=False)
+        yield name, home
+    finally:
+        subprocess.run(["pkill", "-KILL", "-u", name], capture_output=True)
+        subprocess.run(["userdel", "-r", name], capture_output=True)
+
+
+@pytest.fixture
+def installed_course():
+    """A copy of the course and its environment that every user can read (pytest's own tmp folders are 0700)."""
+    base = Path(tempfile.mkdtemp(prefix="vitlab-user-"))
+    try:
+        base.chmod(0o755)
+        (base / "vitlab").mkdir()
+        yield base / "vitlab", copy_course(base / "vitlab")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.skipif(unprivileged_missing() is not None, reason=f"{unprivileged_missing()}")
+def test_grading_as_an_ordinary_user_is_as_safe_as_as_root(repo, grader_account, installed_course):
+    """An honest learner and one who links the instructor's files from the scratch folder, graded by an
+    instructor's own account from a copy of the course every user can read (the kernel then runs as that user)."""
+    name, home = grader_account
+    user = pwd.getpwnam(name)
+    release, solution = chapter_notebooks(repo, CHAPTER)
+    subs = home / "submissions"
+    for student, nb in (("honest", learner_submission(release, solution, [])),
+                        ("linker", after(learner_submission(release, solution, []), setup_cell, home_attacks(home)))):
+        (subs / student).mkdir(parents=True)
+        nbformat.write(nb, subs / student / f"{CHAPTER}.ipynb")
+    for path in [subs, *subs.rglob("*")]:
+        os.chown(path, user.pw_uid, user.pw_gid)
+    course, venv = installed_course
+    out = home / "grading"
+    before_home, before_course = snapshot(home), snapshot(course, contents=False)
+    with traversable(Path(sys.base_prefix)), traversable(course):
+        done = subprocess.run(
+            ["runuser", "-u", name, "--", "env", "-i", f"HOME={home}", "PATH=/usr/local/bin:/usr/bin:/bin",
+             "LANG=C.UTF-8", f"{venv}/bin/python", "-m", "autograder", "grade", str(subs), "--chapter", CHAPTER,
+             "--out", str(out), "--workers", "2", "--cell-timeout", "20", "--notebook-timeout", "120"],
+            cwd=course, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    with (out / "grades.csv").open(encoding="utf-8") as f:
+        grades = {row["student"]: row for row in csv.DictReader(f)}
+    assert {s: (float(r["total"]), r["flags"]) for s, r in grades.items()} == {"honest": (FULL, ""), "linker": (FULL, "")}
+    text = outputs_of(out, "linker")
+    assert "DID" not in text and text.count("refused") == 6, text  # the links lead nowhere inside the sandbox
+    # nothing outside the grading folder changed: the profile and the key keep content, mode and time; what is
+    # new at home are the grading folder and the instructor's tools' own state (Jupyter's and IPython's settings,
+    # matplotlib's font cache), plain files and folders only
+    after_home = snapshot(home, skip=out)
+    assert {p: after_home.get(p) for p in before_home if p != str(home)} == \
+        {p: v for p, v in before_home.items() if p != str(home)}
+    tools = [home / name for name in (".cache", ".config", ".ipython", ".jupyter")]
+    new = [Path(p) for p in after_home if p not in before_home]
+    assert not [p for p in new if not any(p.is_relative_to(t) for t in tools)], new
+    assert not [p for p in new if p.is_symlink() or not (p.is_file() or p.is_dir())], new
+    assert snapshot(course, contents=False) == before_course
+    book = (out / "gradebook.db").stat()
+    assert book.st_uid == user.pw_uid and book.st_mode & stat.S_IWUSR
+    from nbgrader.api import Gradebook
+
+    with Gradebook(f"sqlite:///{out / 'gradebook.db'}") as gb:
+        assert sorted(s.id for s in gb.students) == ["honest", "linker"]
+        assert gb.find_assignment(CHAPTER).max_score == FULL
+    for folder in (out / "autograded" / "linker", out / "feedback" / "linker"):
+        assert not [p for p in folder.rglob("*") if p.is_symlink() or not (p.is_file() or p.is_dir())], folder
