@@ -2,9 +2,9 @@
 
 A learner who restarts the kernel, runs the set-up cells (the code before the first `## ` heading) and jumps to
 section N must not meet a NameError on a name that only another section's code defines. Read statically: a name a
-section uses must come from the set-up cells, the section's own cells, an exercise's solution, or be declared at
-the section's top ("This section uses the `detector` trained in section 8: run section 8 first.") and defined in
-an earlier section.
+section uses must come from the set-up cells or the section's own cells, or be declared at the section's top
+("This section uses the `detector` trained in section 8: run section 8 first.") and defined in an earlier section;
+a learner's exercise from an earlier section too ("This section uses your `Block` from section 4: ...").
 """
 import ast
 import builtins
@@ -90,15 +90,13 @@ def declared_uses(markdown: str) -> set[str]:
 
 
 def names_from_elsewhere(nb) -> list[str]:
-    """One line per (section, name) the section reads but neither it, the set-up, an exercise nor its top gives."""
+    """One line per (section, name) the section reads but neither it, the set-up nor its top gives."""
     parts = sections(nb)
     setup = set().union(*(defined_and_used(cell.source)[0] for cell in parts[0][2]))
-    exercises = set().union(*(defined_and_used(cell.source)[0] for _, _, cells in parts for cell in cells
-                              if cell.metadata.get("nbgrader", {}).get("solution")))
     defined_in = [set().union(*(defined_and_used(cell.source)[0] for cell in cells)) for _, _, cells in parts]
     problems = []
     for index, (heading, top, cells) in enumerate(parts[1:], start=1):
-        elsewhere = set().union(*(d for i, d in enumerate(defined_in) if i != index)) - setup - exercises
+        elsewhere = set().union(*(d for i, d in enumerate(defined_in) if i != index)) - setup
         used = set().union(*(defined_and_used(cell.source)[1] for cell in cells))
         declared = declared_uses(top)
         earlier = set().union(*defined_in[:index])
@@ -129,6 +127,16 @@ def test_a_name_from_another_section_is_found_and_a_declaration_covers_it():
     cells[3].source = "## 2. Testing\n\nThis section uses the `modle` of section 1: run it first."
     assert names_from_elsewhere(nb) == ["## 2. Testing: `modle` is declared but no earlier section defines it",
                                         "## 2. Testing: `model` comes from another section"]
+
+
+def test_an_exercise_from_another_section_is_declared_too():
+    exercise = nbformat.v4.new_code_cell("def block(x):\n    return x", metadata={"nbgrader": {"solution": True}})
+    cells = [nbformat.v4.new_code_cell("import torch"), nbformat.v4.new_markdown_cell("## 1. The block"), exercise,
+             nbformat.v4.new_markdown_cell("## 2. The model"), nbformat.v4.new_code_cell("y = block(torch.ones(2))")]
+    nb = nbformat.v4.new_notebook(cells=cells)
+    assert names_from_elsewhere(nb) == ["## 2. The model: `block` comes from another section"]
+    cells[3].source += "\n\nThis section uses your `block` from section 1: after a restart, run section 1 first."
+    assert names_from_elsewhere(nb) == []
 
 
 def test_arguments_and_locals_stay_in_their_function():
